@@ -1,0 +1,322 @@
+"""The plugin's WebDataset streams: class-labelled ID shards turned into prompts, and the reference stream.
+
+Both are plain webdataset pipelines built from open_clip_train's own stages (shard lists, resampling,
+seeded shard shuffle, no-throw tar reading); what differs from open_clip's train pipeline:
+- the text comes from the class label (`cls`) through a template drawn per sample and epoch (FLYP),
+  or from the caption (`txt`) for reference pairs (CC3M as img2dataset writes it: jpg + txt + json);
+- the sample shuffle is seeded by (seed, epoch, rank, worker), so a resumed run sees the same data;
+- a sample that fails to decode is skipped and counted in the log; a missing label or a label out of
+  range stops the run with the shard and key named.
+"""
+
+import io
+import logging
+import math
+import os
+import random
+import tarfile
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import webdataset as wds
+from open_clip_train.data import (DataInfo, ResampledShards2, SharedEpoch, detshuffle2, expand_urls,
+                                  get_dataset_size, tarfile_to_samples_nothrow)
+
+from .errors import DiveUsageError
+from .prompts import load_classnames, load_templates, template_index
+
+IMAGE_KEYS = ("jpg", "png", "jpeg", "webp")
+SHARD_SHUFFLE = (2000, 500)  # open_clip's shard shuffle buffer (size, initial)
+SAMPLE_SHUFFLE = (5000, 1000)  # open_clip's sample shuffle buffer (size, initial)
+
+_skipped = {"count": 0}
+
+
+def skip_and_count(exn):
+    """webdataset handler: skip a sample that cannot be read or decoded, and say how many so far."""
+    _skipped["count"] += 1
+    logging.warning(f"Skipping a corrupt sample ({exn!r}); {_skipped['count']} skipped so far in this process.")
+    return True
+
+
+def has_image(sample) -> bool:
+    return any(k in sample for k in IMAGE_KEYS)
+
+
+def _worker_rank_info():
+    rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
+    return rank, worker
+
+
+class SeededSampleShuffle(wds.PipelineStage):
+    """A sample shuffle buffer seeded by (seed, epoch, rank, worker): the same order on every run and resume."""
+
+    def __init__(self, bufsize: int, initial: int, seed: int, epoch: SharedEpoch):
+        self.bufsize, self.initial, self.seed, self.epoch = bufsize, initial, seed, epoch
+
+    def run(self, src):
+        rank, worker = _worker_rank_info()
+        rng = random.Random(hash((self.seed, self.epoch.get_value(), rank, worker)))
+        buf, src = [], iter(src)
+        for sample in src:
+            buf.append(sample)
+            if len(buf) < self.bufsize:  # fill the buffer two at a time until it is full
+                extra = next(src, None)
+                if extra is not None:
+                    buf.append(extra)
+            if len(buf) >= self.initial:
+                j = rng.randrange(len(buf))
+                buf[j], buf[-1] = buf[-1], buf[j]
+                yield buf.pop()
+        rng.shuffle(buf)
+        yield from buf
+
+
+@dataclass
+class ClassPrompt:
+    """Turns a sample's class index into a prompt: template drawn per (sample, epoch), then the class name."""
+
+    classnames_spec: str
+    templates_spec: str
+    seed: int
+    epoch: SharedEpoch
+
+    def __post_init__(self):
+        self._classnames = None
+        self._templates = None
+
+    def __getstate__(self):  # templates are lambdas: rebuilt in each worker
+        state = dict(self.__dict__)
+        state["_templates"] = None
+        return state
+
+    def __call__(self, sample) -> str:
+        if self._templates is None:
+            self._classnames = load_classnames(self.classnames_spec)
+            self._templates = load_templates(self.templates_spec)
+        where = f"shard '{sample.get('__url__', '?')}', sample '{sample.get('__key__', '?')}'"
+        if "cls" not in sample:
+            raise DiveUsageError(f"{where} has no 'cls' class label; class-labelled data (--classnames) needs "
+                                 "'cls' in every sample, caption data needs 'txt' and no --classnames")
+        try:
+            label = int(sample["cls"].decode() if isinstance(sample["cls"], bytes) else sample["cls"])
+        except ValueError:
+            raise DiveUsageError(f"{where}: 'cls' is not an integer ({sample['cls']!r})") from None
+        if not 0 <= label < len(self._classnames):
+            raise DiveUsageError(f"{where}: class index {label} is out of range of the {len(self._classnames)} "
+                                 f"names in --classnames {self.classnames_spec}")
+        index = template_index(self.seed, self.epoch.get_value(), sample.get("__url__", ""), sample["__key__"],
+                               len(self._templates))
+        return self._templates[index](self._classnames[label])
+
+
+def caption_text(sample) -> str:
+    if "txt" not in sample:
+        raise DiveUsageError(f"shard '{sample.get('__url__', '?')}', sample '{sample.get('__key__', '?')}' has no "
+                             "'txt' caption; reference shards need image + txt (as img2dataset writes them)")
+    value = sample["txt"]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class ToTrainingSample:
+    """(image, tokens[, key]) from a raw sample: decode the image, make the text, tokenize."""
+
+    def __init__(self, make_text, preprocess, tokenizer, with_keys: bool):
+        self.make_text, self.preprocess, self.tokenizer, self.with_keys = make_text, preprocess, tokenizer, with_keys
+
+    def __call__(self, sample):
+        text = self.make_text(sample)  # label errors raise here, before decoding
+        image = _decode_image(sample)
+        out = (self.preprocess(image), self.tokenizer(text)[0])
+        return out + (f"{os.path.basename(sample.get('__url__', ''))}/{sample['__key__']}",) if self.with_keys else out
+
+
+def _decode_image(sample):
+    from PIL import Image
+
+    for key in IMAGE_KEYS:
+        if key in sample:
+            with Image.open(io.BytesIO(sample[key])) as im:
+                return im.convert("RGB")
+    raise ValueError(f"sample '{sample.get('__key__')}' has no image")
+
+
+def _safe_map(fn, handler):
+    """Map that hands decode errors to `handler` but lets the user's data errors stop the run."""
+
+    def stage(src):
+        for sample in src:
+            try:
+                yield fn(sample)
+            except DiveUsageError:
+                raise
+            except Exception as exn:  # corrupt image bytes and the like
+                if handler(exn):
+                    continue
+                raise
+
+    return stage
+
+
+@dataclass
+class StreamSpec:
+    shards: str
+    batch_size: int
+    workers: int
+    num_samples: Optional[int]
+    resampled: bool
+    seed: int
+    world_size: int
+    upsampling_factors: Optional[list] = None
+    flag: str = "--train-data"
+
+
+def check_shard_split(spec: StreamSpec, num_shards: int):
+    """Without resampling every rank and worker needs its own shards, and ranks need equal shares."""
+    if spec.resampled:
+        return
+    needed = max(1, spec.workers) * spec.world_size
+    if num_shards < needed:
+        raise DiveUsageError(f"{spec.flag}: {num_shards} shard(s) for {spec.world_size} rank(s) x "
+                             f"{max(1, spec.workers)} worker(s); use more shards, fewer workers, or resampling "
+                             "(--dataset-resampled / --dive-ref-resampled)")
+    if num_shards % spec.world_size:
+        raise DiveUsageError(f"{spec.flag}: {num_shards} shards do not split evenly over {spec.world_size} ranks; "
+                             "reshard to a multiple of the world size or use resampling (--dataset-resampled)")
+
+
+def build_stream(spec: StreamSpec, make_text, preprocess, tokenizer, shared_epoch: SharedEpoch,
+                 with_keys: bool = False) -> DataInfo:
+    urls, _ = expand_urls(spec.shards)
+    num_samples = spec.num_samples
+    if num_samples is None:
+        num_samples, _ = get_dataset_size(spec.shards)
+        if not num_samples:
+            raise DiveUsageError(f"{spec.flag}: no sizes.json (or __len__ file) next to the shards; write one or "
+                                 "give the sample count (--train-num-samples / --dive-ref-num-samples)")
+    check_shard_split(spec, len(urls))
+    if spec.resampled:
+        stages = [ResampledShards2(spec.shards, weights=spec.upsampling_factors, deterministic=True, epoch=shared_epoch)]
+    else:
+        stages = [wds.SimpleShardList(urls),
+                  detshuffle2(bufsize=SHARD_SHUFFLE[0], initial=SHARD_SHUFFLE[1], seed=spec.seed, epoch=shared_epoch),
+                  wds.split_by_node, wds.split_by_worker]
+    stages += [
+        lambda src: tarfile_to_samples_nothrow(src, handler=skip_and_count),
+        SeededSampleShuffle(SAMPLE_SHUFFLE[0], SAMPLE_SHUFFLE[1], spec.seed, shared_epoch),
+        wds.select(has_image),
+        _safe_map(ToTrainingSample(make_text, preprocess, tokenizer, with_keys), skip_and_count),
+        wds.batched(spec.batch_size, partial=False),
+    ]
+    dataset = wds.DataPipeline(*stages)
+    global_batch = spec.batch_size * spec.world_size
+    workers = max(1, spec.workers)
+    worker_batches = math.ceil(math.ceil(num_samples / global_batch) / workers)
+    dataset = dataset.with_epoch(worker_batches)
+    loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=spec.workers,
+                           persistent_workers=spec.workers > 0)
+    loader.num_batches = worker_batches * workers
+    loader.num_samples = loader.num_batches * global_batch
+    return DataInfo(dataloader=loader, shared_epoch=shared_epoch)
+
+
+def peek_first_sample(shards: str) -> Optional[dict]:
+    """The member suffixes of the first sample in the first local shard (cheap startup check)."""
+    urls, _ = expand_urls(shards)
+    path = urls[0]
+    if "://" in path or path.startswith("pipe:") or not os.path.isfile(path):
+        return None
+    try:
+        with tarfile.open(path) as tar:
+            first_key, suffixes = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, suffix = os.path.basename(member.name).partition(".")
+                if first_key is None:
+                    first_key = key
+                if key != first_key:
+                    break
+                suffixes[suffix.lower()] = tar.extractfile(member).read() if suffix.lower() == "cls" else b""
+            return {"__url__": path, "__key__": first_key, **suffixes} if first_key else {"__url__": path}
+    except tarfile.TarError as e:
+        raise DiveUsageError(f"shard '{path}' is not a readable tar file ({e})") from None
+
+
+def id_stream(args, preprocess, tokenizer, epoch: int) -> DataInfo:
+    """Class-labelled ID shards (`cls`) with prompts from --classnames and --templates."""
+    first = peek_first_sample(args.train_data)
+    if first is not None:
+        where = f"--train-data: first sample of '{first['__url__']}'"
+        if not has_image(first):
+            raise DiveUsageError(f"{where} has no image (jpg/png/jpeg/webp)")
+        if "cls" not in first:
+            hint = " (it has 'txt': drop --classnames to train on captions)" if "txt" in first else ""
+            raise DiveUsageError(f"{where} has no 'cls' class label{hint}")
+    spec = StreamSpec(args.train_data, args.batch_size, args.workers, args.train_num_samples,
+                      args.dataset_resampled, args.seed, args.world_size,
+                      _factors(args.train_data_upsampling_factors), "--train-data")
+    shared_epoch = SharedEpoch(epoch=epoch)  # the template draw follows the stream's epoch
+    prompt = ClassPrompt(args.classnames, args.templates, args.seed, shared_epoch)
+    return build_stream(spec, prompt, preprocess, tokenizer, shared_epoch, with_keys=args.dive_log_sample_keys)
+
+
+def reference_stream(args, preprocess, tokenizer, id_batches_per_epoch: int, epoch: int) -> DataInfo:
+    """Reference image-caption pairs; by default one reference batch per training step."""
+    batch_size = args.dive_ref_batch_size or args.batch_size
+    num_samples = args.dive_ref_num_samples or id_batches_per_epoch * batch_size * args.world_size
+    first = peek_first_sample(args.dive_ref_data)
+    if first is not None and "__key__" in first and ("txt" not in first or not has_image(first)):
+        raise DiveUsageError(f"--dive-ref-data: first sample of '{first['__url__']}' needs an image and a 'txt' "
+                             f"caption (found: {', '.join(k for k in first if not k.startswith('__'))})")
+    workers = args.workers if args.dive_ref_workers is None else args.dive_ref_workers
+    spec = StreamSpec(args.dive_ref_data, batch_size, workers, num_samples, args.dive_ref_resampled,
+                      args.seed + 1, args.world_size, _factors(args.dive_ref_upsampling_factors), "--dive-ref-data")
+    return build_stream(spec, caption_text, preprocess, tokenizer, SharedEpoch(epoch=epoch),
+                        with_keys=args.dive_log_sample_keys)
+
+
+def _factors(spec):
+    if spec is None:
+        return None
+    return [float(x) for x in spec.split("::")]
+
+
+class RestartingIterator:
+    """Endless batches from a DataInfo: a new pass (with the next pass number as its epoch) when one ends."""
+
+    def __init__(self, info: DataInfo, first_pass: int = 0):
+        self.info = info
+        self.passes = first_pass
+        self.batches_in_pass = 0
+        self._it = None
+
+    def start_pass(self, number: int, skip_batches: int = 0):
+        self.passes = number
+        self.info.set_epoch(number)
+        self._it = iter(self.info.dataloader)
+        self.batches_in_pass = 0
+        for _ in range(skip_batches):
+            next(self)
+
+    def __next__(self):
+        if self._it is None:
+            self.start_pass(self.passes)
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.start_pass(self.passes + 1)
+            batch = next(self._it)
+        self.batches_in_pass += 1
+        return batch
+
+    def state(self) -> dict:
+        return {"pass": self.passes, "batches": self.batches_in_pass}
+
+    def resume(self, position: dict):
+        """Continue after the batch `position` names (a finished pass continues with the next one)."""
+        if position["batches"] >= self.info.dataloader.num_batches:
+            self.start_pass(position["pass"] + 1)
+        else:
+            self.start_pass(position["pass"], skip_batches=position["batches"])

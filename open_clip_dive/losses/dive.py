@@ -1,0 +1,136 @@
+"""DiVE: Difference Vector Equalization (Suzuki et al., AAAI 2026, arXiv 2511.09973).
+
+On a reference batch of image-caption pairs the difference vectors are
+    u_j = f_ft(x_j) - f_pre(x_j)        v_j = g_ft(t_j) - g_pre(t_j)
+on the L2-normalised embeddings. DiVE asks all of them to be one shared vector m (AVL)
+and each image's to equal its caption's (PVL); if every difference vector is the same,
+fine-tuning is a translation and the embedding geometry is kept.
+"""
+
+import torch
+from torch import nn
+
+from ..distributed import all_reduce_sum
+
+
+def avl_loss(u: torch.Tensor, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Average vector loss: mean_j ( ||u_j - m||^2 + ||v_j - m||^2 ), u/v [B, D], m [D] (a constant)."""
+    m = m.detach().to(u.dtype)
+    return ((u - m).pow(2).sum(-1) + (v - m).pow(2).sum(-1)).mean()
+
+
+def pvl_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Pairwise vector loss: mean_j ||u_j - v_j||^2 (each image with its own caption only)."""
+    return (u - v).pow(2).sum(-1).mean()
+
+
+class DifferenceVectorEMA(nn.Module):
+    """The shared vector m: an EMA of the mean difference vector, a buffer saved with the run.
+
+    The loss reads m as it was before the optimizer step; `update()` then folds in the detached mean
+    of all 2B' difference vectors seen since the last step (every micro-batch, every rank):
+    m <- a * m + (1 - a) * mean. m starts at zero.
+    """
+
+    def __init__(self, dim: int = 0, momentum: float = 0.99, world_size: int = 1, use_horovod: bool = False):
+        super().__init__()
+        self.momentum = momentum
+        self.world_size = world_size
+        self.use_horovod = use_horovod
+        self.register_buffer("ema", torch.zeros(dim))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._pending_sum = None
+        self._pending_count = 0
+
+    @torch.no_grad()
+    def observe(self, *diffs: torch.Tensor):
+        """Record difference vectors [N, D] of this micro-batch for the next update."""
+        flat = torch.cat([d.detach().float() for d in diffs])
+        batch_sum = flat.sum(0)
+        self._pending_sum = batch_sum if self._pending_sum is None else self._pending_sum + batch_sum
+        self._pending_count += flat.shape[0]
+
+    def current(self, like: torch.Tensor) -> torch.Tensor:
+        if self.ema.numel() != like.shape[-1]:  # first use: size the buffer from the embedding width
+            self.ema = torch.zeros(like.shape[-1], device=like.device)
+        return self.ema
+
+    @torch.no_grad()
+    def update(self):
+        """Fold the observed vectors into m; a collective, so every rank must call it every step."""
+        if self._pending_sum is None:
+            return
+        stats = torch.cat([self._pending_sum, self._pending_sum.new_tensor([self._pending_count])])
+        stats = all_reduce_sum(stats, self.world_size, self.use_horovod)
+        batch_mean = stats[:-1] / stats[-1]
+        self.current(batch_mean)
+        self.ema.mul_(self.momentum).add_(batch_mean.to(self.ema.device), alpha=1.0 - self.momentum)
+        self.num_updates += 1
+        self._pending_sum, self._pending_count = None, 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the buffer is sized lazily; take the saved size before the default copy
+        saved = state_dict.get(prefix + "ema")
+        if saved is not None and saved.shape != self.ema.shape:
+            self.ema = torch.zeros_like(saved, device=self.ema.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ReferenceLoss(nn.Module):
+    """ID contrastive loss plus weighted terms on the reference batch.
+
+    `forward(**model_outputs, output_dict=True)` takes the trainable model's outputs on the ID batch
+    (image_features, text_features, logit_scale[, logit_bias]), on the reference batch
+    (ref_image_features, ref_text_features) and, when `needs_frozen`, the frozen model's on the
+    reference batch (ref0_image_features, ref0_text_features); it ignores other keys and returns
+    named, weighted `*_loss` terms.
+    """
+
+    needs_reference = True
+    needs_frozen = True
+
+    def __init__(self, contrastive: nn.Module):
+        super().__init__()
+        self.contrastive = contrastive
+
+    def id_losses(self, image_features, text_features, logit_scale, logit_bias=None):
+        extra = () if logit_bias is None else (logit_bias,)
+        losses = self.contrastive(image_features, text_features, logit_scale, *extra, output_dict=True)
+        return dict(losses)
+
+    @staticmethod
+    def difference_vectors(ref_image_features, ref_text_features, ref0_image_features, ref0_text_features):
+        u = ref_image_features.float() - ref0_image_features.float()
+        v = ref_text_features.float() - ref0_text_features.float()
+        return u, v
+
+    def on_optimizer_step(self):
+        """Called by the training loop once after every optimizer step."""
+
+
+class DiVELoss(ReferenceLoss):
+    """FLYP contrastive + w_avl * AVL + w_pvl * PVL (a zero weight drops the term)."""
+
+    def __init__(self, contrastive: nn.Module, avl_weight: float = 1000.0, pvl_weight: float = 1000.0,
+                 momentum: float = 0.99, world_size: int = 1, use_horovod: bool = False):
+        super().__init__(contrastive)
+        self.avl_weight = avl_weight
+        self.pvl_weight = pvl_weight
+        self.average = DifferenceVectorEMA(0, momentum, world_size, use_horovod) if avl_weight > 0 else None
+
+    def forward(self, image_features, text_features, logit_scale, ref_image_features, ref_text_features,
+                ref0_image_features, ref0_text_features, logit_bias=None, output_dict=False, **_):
+        losses = self.id_losses(image_features, text_features, logit_scale, logit_bias)
+        u, v = self.difference_vectors(ref_image_features, ref_text_features, ref0_image_features, ref0_text_features)
+        if self.average is not None:
+            m = self.average.current(u)
+            losses["avl_loss"] = self.avl_weight * avl_loss(u, v, m)
+            if self.training:
+                self.average.observe(u, v)
+        if self.pvl_weight > 0:
+            losses["pvl_loss"] = self.pvl_weight * pvl_loss(u, v)
+        return losses if output_dict else tuple(losses.values())
+
+    def on_optimizer_step(self):
+        if self.average is not None:
+            self.average.update()

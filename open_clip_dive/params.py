@@ -1,0 +1,181 @@
+"""The plugin's flags, parsed before open_clip's own, and checked before anything is built.
+
+`parse_args(argv)` splits argv: the plugin's flags here, the rest to open_clip's parser; `--help`
+prints both. Only plain data goes on `args` (open_clip dumps vars(args) to params.txt and W&B).
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+from .errors import DiveUsageError
+
+PLUGIN_FLAGS_DEST = "dive_plugin_flags"
+
+
+def plugin_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: otherwise '--lo' would be taken as --loss and not reach open_clip's --local-loss
+    parser = argparse.ArgumentParser(prog="python -m open_clip_dive.main", add_help=False, allow_abbrev=False,
+                                     description="DiVE robust fine-tuning on top of open_clip_train.")
+    g = parser.add_argument_group("loss (open_clip_dive)")
+    g.add_argument("--loss", default=None,
+                   help="Loss from the registry: clip (open_clip's own choice), flyp, dive, avl, pvl, snd, replay, "
+                        "or 'package.module:factory'. Default: none, i.e. plain open_clip_train behaviour.")
+    g.add_argument("--dive-avl-weight", type=float, default=1000.0,
+                   help="Weight of the average vector loss (AVL); also the SnD weight. Paper: 1000.")
+    g.add_argument("--dive-pvl-weight", type=float, default=1000.0,
+                   help="Weight of the pairwise vector loss (PVL). Paper: 1000.")
+    g.add_argument("--dive-ema-momentum", type=float, default=0.99,
+                   help="Momentum a of the EMA vector m <- a*m + (1-a)*batch mean, in [0, 1). Paper: 0.99.")
+    g.add_argument("--dive-replay-weight", type=float, default=1.0,
+                   help="Weight of the contrastive loss on reference pairs for --loss replay.")
+
+    g = parser.add_argument_group("reference stream (open_clip_dive)")
+    g.add_argument("--dive-ref-data", default=None,
+                   help="Reference image-caption WebDataset shards (brace pattern; '::' joins sources), "
+                        "e.g. 'cc3m/{00000..00575}.tar' as img2dataset writes them.")
+    g.add_argument("--dive-ref-batch-size", type=int, default=None,
+                   help="Reference batch size B' per GPU. Default: --batch-size.")
+    g.add_argument("--dive-ref-num-samples", type=int, default=None,
+                   help="Samples per reference 'epoch'. Default: one reference batch per training step.")
+    g.add_argument("--dive-ref-workers", type=int, default=None, help="Reference loader workers. Default: --workers.")
+    g.add_argument("--dive-ref-resampled", action=argparse.BooleanOptionalAction, default=True,
+                   help="Sample reference shards with replacement (default), so a small set with few shards works.")
+    g.add_argument("--dive-ref-upsampling-factors", default=None,
+                   help="Per-source sampling weights for '::'-joined reference sources (with resampling).")
+    g.add_argument("--dive-ref-pretrained", default=None,
+                   help="Weights of the frozen reference model. Default: the same as --pretrained.")
+    g.add_argument("--dive-ref-precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="Keep the frozen reference model in this precision (bf16/fp16 save memory on GPU).")
+
+    g = parser.add_argument_group("class-labelled ID data (open_clip_dive)")
+    g.add_argument("--classnames", default=None,
+                   help="Class names for ID shards with 'cls' labels: 'imagenet' or a file (JSON list, JSON "
+                        "{index: name}, or one name per line). Turns labels into prompts (FLYP).")
+    g.add_argument("--templates", default="openai",
+                   help="Prompt templates: openai (80, default), simple (7), photo (1), or a file of strings "
+                        "with a '{}' placeholder. One is drawn per sample and epoch.")
+
+    g = parser.add_argument_group("run (open_clip_dive)")
+    g.add_argument("--dive-logs", default=None,
+                   help="Same as open_clip's --logs, which torchrun swallows (pytorch/pytorch#120601).")
+    g.add_argument("--dive-model-config", action="append", default=None,
+                   help="Extra open_clip model config (JSON file or directory), registered before the model is built.")
+    g.add_argument("--dive-eval-suite", default=None,
+                   help="Evaluation suite (name or YAML/JSON file) run after every epoch; see `python -m "
+                        "open_clip_dive.evaluate --help`.")
+    g.add_argument("--dive-preempt-signals", default="USR1,TERM",
+                   help="Signals that make the run finish its step, checkpoint and exit 75 for requeueing "
+                        "(comma list; 'none' to disable).")
+    g.add_argument("--dive-log-sample-keys", action="store_true",
+                   help="Debug: every rank appends the keys of the samples it trained on to sample_keys_rank<R>.txt.")
+    return parser
+
+
+def plugin_flags_given(argv) -> bool:
+    """Whether any plugin flag is present (without any, main() behaves exactly as open_clip_train.main)."""
+    options = {opt for action in plugin_parser()._actions for opt in action.option_strings}
+    return any(a.split("=", 1)[0] in options for a in argv)
+
+
+def print_help(upstream_parse_args):
+    plugin_parser().print_help()
+    print("\nopen_clip_train options:\n")
+    try:
+        upstream_parse_args(["--help"])
+    except SystemExit:
+        pass
+
+
+def parse_args(argv, upstream_parse_args):
+    """Parse plugin flags, then open_clip's; returns one namespace with both."""
+    argv = list(argv)
+    if "-h" in argv or "--help" in argv:
+        print_help(upstream_parse_args)
+        sys.exit(0)
+    known, rest = plugin_parser().parse_known_args(argv)
+    if known.dive_logs is not None:
+        rest += ["--logs", known.dive_logs]
+    args = upstream_parse_args(rest)
+    for key, value in vars(known).items():
+        setattr(args, key, value)
+    setattr(args, PLUGIN_FLAGS_DEST, plugin_flags_given(argv))
+    return args
+
+
+def _local_shards(pattern: str):
+    """Local files named by a brace pattern ('::' sources); None for remote / pipe: URLs."""
+    import braceexpand
+
+    paths = []
+    for source in pattern.split("::"):
+        if "://" in source or source.startswith("pipe:"):
+            return None
+        paths += list(braceexpand.braceexpand(source))
+    return paths
+
+
+def check_shards(pattern: str, flag: str):
+    paths = _local_shards(pattern)
+    if paths is None:
+        return
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        hint = f" ({len(missing)} of {len(paths)} missing)" if len(paths) > 1 else ""
+        raise DiveUsageError(f"{flag}: shard '{missing[0]}' does not exist{hint}; check the path and brace range")
+
+
+def validate(args):
+    """Reject bad plugin input before anything is built. Raises DiveUsageError with one clear line."""
+    from .losses import is_loss, loss_uses_reference
+
+    if args.loss is not None and not (is_loss(args.loss) or ":" in args.loss):
+        from .losses import loss_entrypoint
+
+        loss_entrypoint(args.loss)  # raises with the known names and close matches
+    for flag in ("dive_avl_weight", "dive_pvl_weight", "dive_replay_weight"):
+        if getattr(args, flag) < 0:
+            raise DiveUsageError(f"--{flag.replace('_', '-')}: must be >= 0, got {getattr(args, flag)}")
+    if not 0.0 <= args.dive_ema_momentum < 1.0:
+        raise DiveUsageError(f"--dive-ema-momentum: must be in [0, 1), got {args.dive_ema_momentum}")
+    if args.dive_ref_batch_size is not None and args.dive_ref_batch_size < 1:
+        raise DiveUsageError(f"--dive-ref-batch-size: must be >= 1, got {args.dive_ref_batch_size}")
+    if args.dive_ref_num_samples is not None and args.dive_ref_num_samples < 1:
+        raise DiveUsageError(f"--dive-ref-num-samples: must be >= 1, got {args.dive_ref_num_samples}")
+
+    uses_reference = args.loss is not None and loss_uses_reference(args.loss)
+    if uses_reference and not args.dive_ref_data:
+        raise DiveUsageError(f"--loss {args.loss} trains on reference pairs: give them with --dive-ref-data "
+                             "'path/{00000..00099}.tar' (image + txt shards, e.g. CC3M from img2dataset)")
+    if uses_reference and args.accum_freq > 1:
+        raise DiveUsageError(f"--accum-freq {args.accum_freq}: not supported with --loss {args.loss} yet; use "
+                             "--accum-freq 1 with a smaller --batch-size/--dive-ref-batch-size or --grad-checkpointing")
+    if args.dive_ref_data:
+        check_shards(args.dive_ref_data, "--dive-ref-data")
+    if args.train_data and args.dataset_type in ("webdataset", "auto") and ".tar" in args.train_data:
+        check_shards(args.train_data, "--train-data")
+    if args.classnames is not None:
+        from .prompts import load_classnames, load_templates
+
+        load_classnames(args.classnames)
+        load_templates(args.templates)
+        if args.dataset_type not in ("webdataset", "auto"):
+            raise DiveUsageError("--classnames: class-labelled data must be WebDataset shards with 'cls' "
+                                 f"(got --dataset-type {args.dataset_type})")
+    for path in args.dive_model_config or ():
+        if not os.path.exists(path):
+            raise DiveUsageError(f"--dive-model-config: '{path}' does not exist")
+    if args.dive_preempt_signals.lower() != "none":
+        import signal
+
+        for name in args.dive_preempt_signals.split(","):
+            if not hasattr(signal, "SIG" + name.strip().upper()):
+                raise DiveUsageError(f"--dive-preempt-signals: unknown signal '{name}' (use e.g. USR1,TERM)")
+
+
+def upsampling_factors(spec):
+    if spec is None:
+        return None
+    return [float(x) for x in spec.split("::")]

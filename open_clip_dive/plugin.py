@@ -1,0 +1,359 @@
+"""The glue: rebinds the names open_clip_train.main calls, so its main() trains with the plugin.
+
+open_clip_train.main binds its collaborators at import time, so the plugin replaces them *there*:
+parse_args, create_model_and_transforms, get_data, create_loss, train_one_epoch, pt_load,
+get_latest_checkpoint, init_distributed_device, setup_logging, and `torch` (a view of torch whose `save`
+is atomic and adds the plugin's state to checkpoints, and whose DDP accepts CPU modules). Without
+plugin flags every wrapper hands straight through to open_clip's own function. Per-run state lives in a
+`Run` created by each main() call (parse_args is the first thing main() calls).
+"""
+
+import logging
+import os
+import signal
+import types
+
+import open_clip_train.data as oc_data
+import open_clip_train.main as oc_main
+import torch
+from open_clip_train.distributed import all_gather_object
+
+from . import checkpoint as ckpt
+from .data import RestartingIterator, id_stream, reference_stream
+from .distributed import any_rank, barrier
+from .losses import create_loss as registry_create_loss
+from .losses import needs_frozen, needs_reference
+from .params import PLUGIN_FLAGS_DEST, validate
+from .params import parse_args as plugin_parse_args
+from .reference import build_reference, frozen_copy
+from .train import train_one_epoch as plugin_train_one_epoch
+
+UPSTREAM = {}  # name -> open_clip's original, captured once
+
+
+class Run:
+    """Everything one main() call needs beyond open_clip's own state."""
+
+    def __init__(self, args):
+        self.args = args
+        self.active = bool(getattr(args, PLUGIN_FLAGS_DEST, False))
+        self.loss = None
+        self.reference = None  # FrozenReference, when the loss needs the frozen model
+        self.reference_stream = None  # RestartingIterator over the reference loader
+        self.preprocess_val = None
+        self.tokenizer = None
+        self.resume = None  # the `dive` entry of the checkpoint we resumed from
+        self.model_built = False
+        self._skip = 0
+        self._rng = None
+        self._preempt = False
+        self._old_handlers = {}
+        self._rng_states = []
+
+    # --- preemption -------------------------------------------------------------------------------
+    def install_signal_handlers(self):
+        spec = self.args.dive_preempt_signals
+        if spec.lower() == "none":
+            return
+        for name in spec.split(","):
+            signum = getattr(signal, "SIG" + name.strip().upper())
+            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def restore_signal_handlers(self):
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers = {}
+
+    def _on_signal(self, signum, frame):
+        logging.warning(f"Received {signal.Signals(signum).name}: checkpointing after this step, then exiting.")
+        self._preempt = True
+
+    def preemption_requested(self) -> bool:
+        if not self._old_handlers:
+            return False
+        a = self.args
+        return any_rank(self._preempt, a.world_size, a.horovod, torch.device(a.device))
+
+    def save_preemption_checkpoint(self, model, optimizer, scaler, epoch, step_in_epoch) -> str:
+        a = self.args
+        self.gather_rng()
+        path = os.path.join(a.checkpoint_path, f"epoch_{epoch}_step_{step_in_epoch}.pt")
+        if a.rank == 0 and a.save_logs:
+            state = model._orig_mod.state_dict() if hasattr(model, "_orig_mod") else model.state_dict()
+            checkpoint = {"epoch": epoch, "name": a.name, "state_dict": state, "optimizer": optimizer.state_dict()}
+            if scaler is not None:
+                checkpoint["scaler"] = scaler.state_dict()
+            checkpoint["dive"] = self.state(step_in_epoch)
+            ckpt.atomic_save(checkpoint, path)
+            if a.save_most_recent:
+                ckpt.atomic_save(checkpoint, os.path.join(a.checkpoint_path, oc_main.LATEST_CHECKPOINT_NAME))
+            logging.info(f"Preemption checkpoint written: {path}")
+        barrier(a.world_size, a.horovod)
+        return path
+
+    # --- state in checkpoints ---------------------------------------------------------------------
+    def state(self, step_in_epoch: int = 0) -> dict:
+        state = {"step_in_epoch": step_in_epoch, "rng": self._rng_states}
+        if self.loss is not None:
+            loss_state = self.loss.state_dict()
+            state["loss_state"] = loss_state
+            ema = [v for k, v in loss_state.items() if k.endswith("average.ema")]
+            if ema:
+                state["ema"] = ema[0]
+        if self.reference_stream is not None:
+            state["reference_stream"] = self.reference_stream.state()
+        return state
+
+    def begin_epoch(self, epoch) -> int:
+        """Put the reference stream and RNGs where the checkpoint left them; returns the ID batches to skip."""
+        resume, self.resume = self.resume, None
+        skip = 0
+        if resume is not None:
+            skip = int(resume.get("step_in_epoch", 0))
+            rng = resume.get("rng") or []
+            if len(rng) == self.args.world_size:  # one state per rank
+                self._rng = rng[self.args.rank]
+            position = resume.get("reference_stream")
+            if self.reference_stream is not None and position is not None:
+                self.reference_stream.resume(position)
+        if skip == 0:
+            self.restore_rng()
+        return skip
+
+    def restore_rng(self):
+        if self._rng is not None:
+            ckpt.set_rng_state(self._rng)
+            self._rng = None
+
+    def gather_rng(self):
+        """Every rank's RNG state, for the next checkpoint (a collective: all ranks call it)."""
+        a = self.args
+        state = ckpt.rng_state()
+        self._rng_states = all_gather_object(a, state) if a.world_size > 1 else [state]
+
+    def end_epoch(self, model, epoch):
+        a = self.args
+        self.gather_rng()
+        if a.dive_log_sample_keys:
+            ema = self.state().get("ema")
+            if ema is not None:
+                torch.save(ema.cpu(), os.path.join(a.logs, a.name, f"dive_ema_rank{a.rank}.pt"))
+        if a.dive_eval_suite:
+            from .evaluate import evaluate_in_training
+
+            unwrapped = model.module if hasattr(model, "module") else model
+            evaluate_in_training(unwrapped, a, epoch + 1, self.preprocess_val, self.tokenizer)
+            barrier(a.world_size, a.horovod)
+
+    def extra_metrics(self, loss) -> dict:
+        average = getattr(loss, "average", None)
+        if average is None:
+            return {}
+        return {"dive/ema_norm": float(average.ema.norm())}
+
+    def record_keys(self, keys, ref_keys):
+        a = self.args
+        if not a.dive_log_sample_keys or keys is None:
+            return
+        with open(os.path.join(a.logs, a.name, f"sample_keys_rank{a.rank}.txt"), "a") as f:
+            f.writelines(f"id {k}\n" for k in keys)
+            f.writelines(f"ref {k}\n" for k in (ref_keys or ()))
+
+
+_run = None  # the Run of the main() call in progress
+
+
+def current_run() -> Run:
+    return _run
+
+
+# --- wrappers -------------------------------------------------------------------------------------
+def parse_args(argv):
+    global _run
+    args = plugin_parse_args(argv, UPSTREAM["parse_args"])
+    if _run is not None:
+        _run.restore_signal_handlers()
+    _run = Run(args)
+    if _run.active:
+        validate(args)
+        for path in args.dive_model_config or ():
+            import open_clip
+
+            open_clip.add_model_config(path)
+    return args
+
+
+def init_distributed_device(args):
+    device = UPSTREAM["init_distributed_device"](args)
+    if args.horovod:
+        # webdataset's split_by_node reads RANK/WORLD_SIZE; Horovod sets neither (every rank read every shard)
+        os.environ["RANK"], os.environ["WORLD_SIZE"] = str(args.rank), str(args.world_size)
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return device
+
+
+def create_model_and_transforms(*args, **kwargs):
+    result = UPSTREAM["create_model_and_transforms"](*args, **kwargs)
+    run = _run
+    if run is None or not run.active or run.model_built:
+        return result  # the distill teacher, or plain open_clip
+    run.model_built = True
+    model, _, run.preprocess_val = result
+    a = run.args
+    if a.loss is not None:
+        run.loss = registry_create_loss(a)
+        if needs_frozen(run.loss):
+            if a.dive_ref_pretrained:
+                run.reference = build_reference(a, UPSTREAM["create_model_and_transforms"], model.logit_scale.device)
+            else:
+                run.reference = frozen_copy(model, a.dive_ref_precision)
+            logging.info(f"Frozen reference model ready ({a.dive_ref_precision}, not DDP-wrapped).")
+    return result
+
+
+def get_data(args, preprocess_fns, epoch=0, tokenizer=None):
+    run = _run
+    if run is None or not run.active:
+        return UPSTREAM["get_data"](args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+    run.tokenizer = tokenizer
+    class_labels = args.classnames is not None and args.train_data
+    if class_labels:
+        train_data, args.train_data = args.train_data, None  # open_clip builds val / imagenet only
+        try:
+            data = UPSTREAM["get_data"](args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+        finally:
+            args.train_data = train_data
+        data["train"] = id_stream(args, preprocess_fns[0], tokenizer, epoch)
+    else:
+        data = UPSTREAM["get_data"](args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+    if run.loss is not None and needs_reference(run.loss) and "train" in data:
+        info = reference_stream(args, preprocess_fns[0], tokenizer, data["train"].dataloader.num_batches, epoch)
+        run.reference_stream = RestartingIterator(info, first_pass=epoch)
+    return data
+
+
+def create_loss(args):
+    run = _run
+    if run is None or run.loss is None:
+        return UPSTREAM["create_loss"](args)
+    if run.resume and "loss_state" in run.resume:
+        run.loss.load_state_dict(run.resume["loss_state"])
+        logging.info("Restored the loss state (EMA vector) from the checkpoint.")
+    run.loss.to(torch.device(args.device))
+    run.install_signal_handlers()
+    return run.loss
+
+
+def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
+    run = _run
+    use_plugin_loop = run is not None and run.active and args.loss is not None and (
+        args.accum_freq == 1 or needs_reference(loss))
+    if not use_plugin_loop:  # no plugin loss, or accumulation without reference data: open_clip's own loop
+        return UPSTREAM["train_one_epoch"](model, data, loss, epoch, optimizer, scaler, scheduler, dist_model,
+                                           args, tb_writer=tb_writer)
+    return plugin_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run,
+                                  tb_writer=tb_writer)
+
+
+def pt_load(file_path, map_location=None):
+    checkpoint = UPSTREAM["pt_load"](file_path, map_location=map_location)
+    if _run is not None and isinstance(checkpoint, dict) and "dive" in checkpoint:
+        _run.resume = checkpoint["dive"]
+    return checkpoint
+
+
+def get_latest_checkpoint(path: str, remote: bool):
+    if remote:
+        return UPSTREAM["get_latest_checkpoint"](path, remote)
+    return ckpt.latest_checkpoint(path)
+
+
+def setup_logging(log_file, level, include_host=False):
+    # open_clip adds root handlers on every main() call; drop the previous call's first
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    return UPSTREAM["setup_logging"](log_file, level, include_host)
+
+
+# --- torch as open_clip_train.main sees it ----------------------------------------------------------
+class _ModuleView(types.ModuleType):
+    """A module that is `base` except for a few attributes."""
+
+    def __init__(self, base, **overrides):
+        super().__init__(base.__name__)
+        self.__dict__.update(overrides)
+        self._base = base
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+
+class CPUFriendlyDDP(torch.nn.parallel.DistributedDataParallel):
+    """open_clip passes device_ids=[device] even for CPU modules, which DDP rejects."""
+
+    def __init__(self, module, device_ids=None, *args, **kwargs):
+        if device_ids and all(torch.device(d).type == "cpu" for d in device_ids):
+            device_ids = None
+        super().__init__(module, device_ids, *args, **kwargs)
+
+
+def save_checkpoint(obj, f, *args, **kwargs):
+    """main()'s torch.save: atomic, and a training checkpoint also carries the plugin's state."""
+    if isinstance(obj, dict) and "state_dict" in obj and "epoch" in obj and _run is not None and _run.active:
+        obj = {**obj, "dive": _run.state(step_in_epoch=0)}
+    if isinstance(f, (str, os.PathLike)):
+        ckpt.atomic_save(obj, os.fspath(f), save=lambda o, p: torch.save(o, p, *args, **kwargs))
+    else:
+        torch.save(obj, f, *args, **kwargs)
+
+
+def _horovod_sampler_class():
+    """DistributedSampler that takes rank / world size from Horovod when torch.distributed is not used."""
+    base = UPSTREAM["DistributedSampler"]
+
+    class HorovodAwareSampler(base):
+        def __init__(self, dataset, num_replicas=None, rank=None, *args, **kwargs):
+            if num_replicas is None and not torch.distributed.is_initialized():
+                try:
+                    import horovod.torch as hvd
+
+                    if hvd.is_initialized():
+                        num_replicas, rank = hvd.size(), hvd.rank()
+                except ImportError:
+                    pass
+            super().__init__(dataset, num_replicas, rank, *args, **kwargs)
+
+    return HorovodAwareSampler
+
+
+_MAIN_NAMES = ("parse_args", "init_distributed_device", "create_model_and_transforms", "get_data", "create_loss",
+               "train_one_epoch", "pt_load", "get_latest_checkpoint", "setup_logging")
+
+
+def install():
+    """Rebind open_clip_train.main's collaborators (idempotent)."""
+    if UPSTREAM:
+        return
+    for name in _MAIN_NAMES:
+        UPSTREAM[name] = getattr(oc_main, name)
+    UPSTREAM["torch"] = oc_main.torch
+    UPSTREAM["DistributedSampler"] = oc_data.DistributedSampler
+    g = globals()
+    for name in _MAIN_NAMES:
+        setattr(oc_main, name, g[name])
+    ddp = _ModuleView(torch.nn.parallel, DistributedDataParallel=CPUFriendlyDDP)
+    oc_main.torch = _ModuleView(torch, nn=_ModuleView(torch.nn, parallel=ddp), save=save_checkpoint)
+    oc_data.DistributedSampler = _horovod_sampler_class()
+
+
+def uninstall():
+    """Put open_clip's own functions back (tests use this to compare against plain open_clip)."""
+    if not UPSTREAM:
+        return
+    for name in _MAIN_NAMES:
+        setattr(oc_main, name, UPSTREAM[name])
+    oc_main.torch = UPSTREAM["torch"]
+    oc_data.DistributedSampler = UPSTREAM["DistributedSampler"]
+    UPSTREAM.clear()

@@ -1,0 +1,85 @@
+"""Class names and prompt templates: built-in ImageNet ones (shipped by open_clip) or JSON/text files."""
+
+import hashlib
+import json
+import os
+from typing import Callable, List, Sequence
+
+from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+from .errors import DiveUsageError
+
+Template = Callable[[str], str]
+
+BUILTIN_CLASSNAMES = {"imagenet": list(IMAGENET_CLASSNAMES)}
+BUILTIN_TEMPLATES = {
+    "openai": list(OPENAI_IMAGENET_TEMPLATES),  # the 80 OpenAI ImageNet templates (FLYP's default)
+    "simple": list(SIMPLE_IMAGENET_TEMPLATES),
+    "photo": [lambda c: f"a photo of a {c}."],
+}
+
+
+def _read_list_file(path: str, what: str, flag: str) -> list:
+    if not os.path.isfile(path):
+        raise DiveUsageError(f"{flag}: {what} file '{path}' does not exist; give a JSON list or a text file with one entry per line")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DiveUsageError(f"{flag}: '{path}' is not valid JSON ({e})") from None
+        if isinstance(data, dict):
+            # {"0": "tench", "1": "goldfish", ...} or {"classnames": [...]} / {"templates": [...]}
+            for key in ("classnames", "templates"):
+                if key in data:
+                    return list(data[key])
+            try:
+                return [data[k] for k in sorted(data, key=int)]
+            except ValueError:
+                raise DiveUsageError(f"{flag}: '{path}' must be a JSON list, or a dict keyed by class index") from None
+        if not isinstance(data, list):
+            raise DiveUsageError(f"{flag}: '{path}' must hold a JSON list of strings")
+        return [str(x) for x in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_classnames(spec: str, flag: str = "--classnames") -> List[str]:
+    """`imagenet` (open_clip's 1000 OpenAI names) or a file (JSON list / index dict / one name per line)."""
+    if spec in BUILTIN_CLASSNAMES:
+        return list(BUILTIN_CLASSNAMES[spec])
+    names = _read_list_file(spec, "class-name", flag)
+    if not names:
+        raise DiveUsageError(f"{flag}: '{spec}' holds no class names")
+    return names
+
+
+def _format_template(template: str) -> Template:
+    if "{c}" in template:
+        return lambda c: template.replace("{c}", c)
+    if "{}" in template:
+        return lambda c: template.replace("{}", c)
+    raise DiveUsageError(f"template {template!r} has no '{{}}' or '{{c}}' placeholder for the class name")
+
+
+def load_templates(spec: str, flag: str = "--templates") -> List[Template]:
+    """`openai` (80), `simple` (7), `photo` (1) or a file of strings with a `{}` / `{c}` placeholder."""
+    if spec in BUILTIN_TEMPLATES:
+        return list(BUILTIN_TEMPLATES[spec])
+    strings = _read_list_file(spec, "template", flag)
+    if not strings:
+        raise DiveUsageError(f"{flag}: '{spec}' holds no templates")
+    try:
+        return [_format_template(s) for s in strings]
+    except DiveUsageError as e:
+        raise DiveUsageError(f"{flag}: '{spec}': {e}") from None
+
+
+def template_index(seed: int, epoch: int, url: str, key: str, num_templates: int) -> int:
+    """A template drawn per sample and epoch, reproducibly across workers, ranks and resumes."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{url}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % num_templates
+
+
+def class_prompt(classnames: Sequence[str], templates: Sequence[Template], label: int, index: int) -> str:
+    return templates[index](classnames[label])
