@@ -221,39 +221,58 @@ def build_stream(spec: StreamSpec, make_text, preprocess, tokenizer, shared_epoc
     return DataInfo(dataloader=loader, shared_epoch=shared_epoch)
 
 
-def peek_first_sample(shards: str) -> Optional[dict]:
-    """The member suffixes of the first sample in the first local shard (cheap startup check)."""
+def scan_first_shard(shards: str, limit: int = 100000) -> Optional[list]:
+    """The samples of the first local shard as {suffix: b'' (or the cls bytes)} dicts: a cheap startup check
+    (tar headers only; image bytes are skipped). None for remote shards."""
     urls, _ = expand_urls(shards)
     path = urls[0]
     if "://" in path or path.startswith("pipe:") or not os.path.isfile(path):
         return None
+    samples, current = [], None
     try:
         with tarfile.open(path) as tar:
-            first_key, suffixes = None, {}
             for member in tar:
                 if not member.isfile():
                     continue
                 key, _, suffix = os.path.basename(member.name).partition(".")
-                if first_key is None:
-                    first_key = key
-                if key != first_key:
-                    break
-                suffixes[suffix.lower()] = tar.extractfile(member).read() if suffix.lower() == "cls" else b""
-            return {"__url__": path, "__key__": first_key, **suffixes} if first_key else {"__url__": path}
+                key = os.path.join(os.path.dirname(member.name), key)
+                if current is None or current["__key__"] != key:
+                    if len(samples) >= limit:
+                        break
+                    current = {"__url__": path, "__key__": key}
+                    samples.append(current)
+                suffix = suffix.lower()
+                current[suffix] = tar.extractfile(member).read() if suffix == "cls" else b""
     except tarfile.TarError as e:
         raise DiveUsageError(f"shard '{path}' is not a readable tar file ({e})") from None
+    return samples
+
+
+def check_class_shard(shards: str, classnames_spec: str):
+    """Every sample of the first shard has an image and a `cls` within the class-name list."""
+    samples = scan_first_shard(shards)
+    if not samples:
+        return
+    num_classes = len(load_classnames(classnames_spec))
+    for sample in samples:
+        where = f"--train-data: shard '{sample['__url__']}', sample '{sample['__key__']}'"
+        if not has_image(sample):
+            continue  # metadata-only members (e.g. img2dataset's failed downloads) are skipped by the pipeline
+        if "cls" not in sample:
+            hint = " (it has 'txt': drop --classnames to train on captions)" if "txt" in sample else ""
+            raise DiveUsageError(f"{where} has no 'cls' class label{hint}")
+        try:
+            label = int(sample["cls"])
+        except ValueError:
+            raise DiveUsageError(f"{where}: 'cls' is not an integer ({sample['cls']!r})") from None
+        if not 0 <= label < num_classes:
+            raise DiveUsageError(f"{where}: class index {label} is out of range of the {num_classes} names in "
+                                 f"--classnames {classnames_spec}")
 
 
 def id_stream(args, preprocess, tokenizer, epoch: int) -> DataInfo:
     """Class-labelled ID shards (`cls`) with prompts from --classnames and --templates."""
-    first = peek_first_sample(args.train_data)
-    if first is not None:
-        where = f"--train-data: first sample of '{first['__url__']}'"
-        if not has_image(first):
-            raise DiveUsageError(f"{where} has no image (jpg/png/jpeg/webp)")
-        if "cls" not in first:
-            hint = " (it has 'txt': drop --classnames to train on captions)" if "txt" in first else ""
-            raise DiveUsageError(f"{where} has no 'cls' class label{hint}")
+    check_class_shard(args.train_data, args.classnames)
     spec = StreamSpec(args.train_data, args.batch_size, args.workers, args.train_num_samples,
                       args.dataset_resampled, args.seed, args.world_size,
                       _factors(args.train_data_upsampling_factors), "--train-data")
@@ -266,10 +285,11 @@ def reference_stream(args, preprocess, tokenizer, id_batches_per_epoch: int, epo
     """Reference image-caption pairs; by default one reference batch per training step."""
     batch_size = args.dive_ref_batch_size or args.batch_size
     num_samples = args.dive_ref_num_samples or id_batches_per_epoch * batch_size * args.world_size
-    first = peek_first_sample(args.dive_ref_data)
-    if first is not None and "__key__" in first and ("txt" not in first or not has_image(first)):
-        raise DiveUsageError(f"--dive-ref-data: first sample of '{first['__url__']}' needs an image and a 'txt' "
-                             f"caption (found: {', '.join(k for k in first if not k.startswith('__'))})")
+    for sample in (scan_first_shard(args.dive_ref_data, limit=16) or [])[:1]:
+        if "txt" not in sample or not has_image(sample):
+            found = ", ".join(k for k in sample if not k.startswith("__"))
+            raise DiveUsageError(f"--dive-ref-data: sample '{sample['__key__']}' of '{sample['__url__']}' needs an "
+                                 f"image and a 'txt' caption (found: {found})")
     workers = args.workers if args.dive_ref_workers is None else args.dive_ref_workers
     spec = StreamSpec(args.dive_ref_data, batch_size, workers, num_samples, args.dive_ref_resampled,
                       args.seed + 1, args.world_size, _factors(args.dive_ref_upsampling_factors), "--dive-ref-data")

@@ -70,7 +70,7 @@ def write_shards(directory, prefix="shard", num_shards=2, per_shard=16, num_clas
     return os.path.join(directory, f"{prefix}-{{{0:06d}..{num_shards - 1:06d}}}.tar")
 
 
-def test_env(**extra):
+def subprocess_env(**extra):
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
     env.update({k: str(v) for k, v in extra.items()})
@@ -80,4 +80,8 @@ def test_env(**extra):
 def run_module(module, args, cwd, timeout=600, env=None, launcher=None):
     """Run `python -m module args` (or `launcher ... -m module args`); returns CompletedProcess."""
     cmd = (launcher or [sys.executable]) + ["-m", module] + [str(a) for a in args]
-    return subprocess.run(cmd, cwd=cwd, env=env or test_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+test_env = subprocess_env  # older name
+test_env.__test__ = False  # not a test when imported into a test module
