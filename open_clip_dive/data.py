@@ -119,17 +119,30 @@ def caption_text(sample) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-class ToTrainingSample:
-    """(image, tokens[, key]) from a raw sample: decode the image, make the text, tokenize."""
+def sample_id(sample) -> str:
+    """`<shard basename>/<key>`: unique across shards, stable across machines (used for logs and the cache)."""
+    return f"{os.path.basename(sample.get('__url__', ''))}/{sample['__key__']}"
 
-    def __init__(self, make_text, preprocess, tokenizer, with_keys: bool):
-        self.make_text, self.preprocess, self.tokenizer, self.with_keys = make_text, preprocess, tokenizer, with_keys
+
+class ToTrainingSample:
+    """A training sample dict from a raw one: decode the image, make the text, tokenize (+ cached embeddings)."""
+
+    def __init__(self, make_text, preprocess, tokenizer, embeddings=None):
+        self.make_text, self.preprocess, self.tokenizer, self.embeddings = make_text, preprocess, tokenizer, embeddings
 
     def __call__(self, sample):
         text = self.make_text(sample)  # label errors raise here, before decoding
-        image = _decode_image(sample)
-        out = (self.preprocess(image), self.tokenizer(text)[0])
-        return out + (f"{os.path.basename(sample.get('__url__', ''))}/{sample['__key__']}",) if self.with_keys else out
+        out = {"image": self.preprocess(_decode_image(sample)), "text": self.tokenizer(text)[0],
+               "key": sample_id(sample)}
+        if self.embeddings is not None:
+            out["ref0_image_features"], out["ref0_text_features"] = self.embeddings.lookup(sample)
+        return out
+
+
+def collate(samples):
+    """Stack tensors, list the rest: a batch is a dict with the sample dicts' keys."""
+    return {k: torch.stack([s[k] for s in samples]) if torch.is_tensor(samples[0][k]) else [s[k] for s in samples]
+            for k in samples[0]}
 
 
 def _decode_image(sample):
@@ -187,7 +200,7 @@ def check_shard_split(spec: StreamSpec, num_shards: int):
 
 
 def build_stream(spec: StreamSpec, make_text, preprocess, tokenizer, shared_epoch: SharedEpoch,
-                 with_keys: bool = False) -> DataInfo:
+                 embeddings=None) -> DataInfo:
     urls, _ = expand_urls(spec.shards)
     num_samples = spec.num_samples
     if num_samples is None:
@@ -206,8 +219,8 @@ def build_stream(spec: StreamSpec, make_text, preprocess, tokenizer, shared_epoc
         lambda src: tarfile_to_samples_nothrow(src, handler=skip_and_count),
         SeededSampleShuffle(SAMPLE_SHUFFLE[0], SAMPLE_SHUFFLE[1], spec.seed, shared_epoch),
         wds.select(has_image),
-        _safe_map(ToTrainingSample(make_text, preprocess, tokenizer, with_keys), skip_and_count),
-        wds.batched(spec.batch_size, partial=False),
+        _safe_map(ToTrainingSample(make_text, preprocess, tokenizer, embeddings), skip_and_count),
+        wds.batched(spec.batch_size, collation_fn=collate, partial=False),
     ]
     dataset = wds.DataPipeline(*stages)
     global_batch = spec.batch_size * spec.world_size
@@ -278,11 +291,13 @@ def id_stream(args, preprocess, tokenizer, epoch: int) -> DataInfo:
                       _factors(args.train_data_upsampling_factors), "--train-data")
     shared_epoch = SharedEpoch(epoch=epoch)  # the template draw follows the stream's epoch
     prompt = ClassPrompt(args.classnames, args.templates, args.seed, shared_epoch)
-    return build_stream(spec, prompt, preprocess, tokenizer, shared_epoch, with_keys=args.dive_log_sample_keys)
+    return build_stream(spec, prompt, preprocess, tokenizer, shared_epoch)
 
 
-def reference_stream(args, preprocess, tokenizer, id_batches_per_epoch: int, epoch: int) -> DataInfo:
-    """Reference image-caption pairs; by default one reference batch per training step."""
+def reference_stream(args, preprocess, tokenizer, id_batches_per_epoch: int, epoch: int, embeddings=None) -> DataInfo:
+    """Reference image-caption pairs; by default one reference batch per training step.
+
+    With `embeddings` (a ReferenceCache) each sample also carries the frozen model's embeddings."""
     batch_size = args.dive_ref_batch_size or args.batch_size
     num_samples = args.dive_ref_num_samples or id_batches_per_epoch * batch_size * args.world_size
     for sample in (scan_first_shard(args.dive_ref_data, limit=16) or [])[:1]:
@@ -293,8 +308,7 @@ def reference_stream(args, preprocess, tokenizer, id_batches_per_epoch: int, epo
     workers = args.workers if args.dive_ref_workers is None else args.dive_ref_workers
     spec = StreamSpec(args.dive_ref_data, batch_size, workers, num_samples, args.dive_ref_resampled,
                       args.seed + 1, args.world_size, _factors(args.dive_ref_upsampling_factors), "--dive-ref-data")
-    return build_stream(spec, caption_text, preprocess, tokenizer, SharedEpoch(epoch=epoch),
-                        with_keys=args.dive_log_sample_keys)
+    return build_stream(spec, caption_text, preprocess, tokenizer, SharedEpoch(epoch=epoch), embeddings)
 
 
 def _factors(spec):

@@ -5,8 +5,6 @@ prints both. Only plain data goes on `args` (open_clip dumps vars(args) to param
 """
 
 import argparse
-import glob
-import json
 import os
 import sys
 
@@ -149,9 +147,15 @@ def validate(args):
     if uses_reference and not args.dive_ref_data:
         raise DiveUsageError(f"--loss {args.loss} trains on reference pairs: give them with --dive-ref-data "
                              "'path/{00000..00099}.tar' (image + txt shards, e.g. CC3M from img2dataset)")
-    if uses_reference and args.accum_freq > 1:
-        raise DiveUsageError(f"--accum-freq {args.accum_freq}: not supported with --loss {args.loss} yet; use "
-                             "--accum-freq 1 with a smaller --batch-size/--dive-ref-batch-size or --grad-checkpointing")
+    if args.horovod and args.accum_freq > 1:
+        raise DiveUsageError(f"--accum-freq {args.accum_freq} with --horovod: open_clip builds Horovod's optimizer for "
+                             "one backward per step; use torchrun/srun (DDP) for accumulation, or --accum-freq 1")
+    if args.horovod:
+        try:
+            import horovod.torch  # noqa: F401
+        except ImportError as e:
+            raise DiveUsageError(f"--horovod: horovod is not importable ({e}); build it with scripts/build_horovod.sh "
+                                 "or launch with torchrun/srun instead") from None
     if args.dive_ref_data:
         check_shards(args.dive_ref_data, "--dive-ref-data")
     if args.train_data and args.dataset_type in ("webdataset", "auto") and ".tar" in args.train_data:
@@ -173,9 +177,3 @@ def validate(args):
         for name in args.dive_preempt_signals.split(","):
             if not hasattr(signal, "SIG" + name.strip().upper()):
                 raise DiveUsageError(f"--dive-preempt-signals: unknown signal '{name}' (use e.g. USR1,TERM)")
-
-
-def upsampling_factors(spec):
-    if spec is None:
-        return None
-    return [float(x) for x in spec.split("::")]

@@ -151,13 +151,14 @@ class Run:
             return {}
         return {"dive/ema_norm": float(average.ema.norm())}
 
-    def record_keys(self, keys, ref_keys):
+    def record_keys(self, micro_batches):
         a = self.args
-        if not a.dive_log_sample_keys or keys is None:
+        if not a.dive_log_sample_keys:
             return
         with open(os.path.join(a.logs, a.name, f"sample_keys_rank{a.rank}.txt"), "a") as f:
-            f.writelines(f"id {k}\n" for k in keys)
-            f.writelines(f"ref {k}\n" for k in (ref_keys or ()))
+            for batch, ref in micro_batches:
+                f.writelines(f"id {k}\n" for k in batch.get("key", ()))
+                f.writelines(f"ref {k}\n" for k in (ref or {}).get("key", ()))
 
 
 _run = None  # the Run of the main() call in progress
@@ -246,9 +247,7 @@ def create_loss(args):
 
 def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
     run = _run
-    use_plugin_loop = run is not None and run.active and args.loss is not None and (
-        args.accum_freq == 1 or needs_reference(loss))
-    if not use_plugin_loop:  # no plugin loss, or accumulation without reference data: open_clip's own loop
+    if run is None or not run.active or args.loss is None:  # plain open_clip
         return UPSTREAM["train_one_epoch"](model, data, loss, epoch, optimizer, scaler, scheduler, dist_model,
                                            args, tb_writer=tb_writer)
     return plugin_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run,

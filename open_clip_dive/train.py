@@ -1,27 +1,28 @@
-"""The training step: one forward of the trainable model over [ID; reference], the frozen model on the
-reference part, the registry loss on both; open_clip's optimizer step, logging and schedule otherwise.
+"""The training step: one forward of the trainable model over [ID; reference], the frozen model (or its
+cached embeddings) on the reference part, the registry loss on both; open_clip's optimizer step.
 
-Follows open_clip_train.train.train_one_epoch's behaviour (schedule per step, autocast, GradScaler,
-Horovod synchronize, gradient clipping, logit-scale clamp, log format) so that `--loss clip` trains
-exactly as open_clip does; adds the reference batch, the EMA hook, mid-epoch resume and preemption.
+`train_one_epoch` follows open_clip_train.train.train_one_epoch (schedule per step, autocast, GradScaler,
+Horovod synchronize, gradient clipping, logit-scale clamp, log format), so `--loss clip` trains exactly as
+open_clip does, and adds the reference batch, accumulation for every loss, mid-epoch resume and preemption.
 """
 
 import logging
 import math
-import os
 import time
 
 import torch
+from open_clip.model import get_input_dtype
 from open_clip_train.distributed import is_master
 from open_clip_train.precision import get_autocast
 from open_clip_train.train import AverageMeter, backward, unwrap_model
-from open_clip.model import get_input_dtype
-
 
 try:
     import wandb
 except ImportError:
     wandb = None
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again (the sbatch script requeues on it)
+_SCALARS = ("logit_scale", "logit_bias")
 
 
 class Preempted(Exception):
@@ -32,124 +33,177 @@ class Preempted(Exception):
         self.path = path
 
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again (the sbatch script requeues on it)
+def as_batch(batch) -> dict:
+    """open_clip's (images, texts) tuples and the plugin's dict batches, as a dict."""
+    return batch if isinstance(batch, dict) else {"image": batch[0], "text": batch[1]}
 
 
-def _concat(a, b):
-    return torch.cat([a, b]) if b is not None else a
+class TrainingStep:
+    """One optimizer step over one or more micro-batches (`--accum-freq`), each an ID batch and, for
+    reference losses, a reference batch.
 
+    With accumulation the contrastive term follows open_clip's scheme (features of the other micro-batches
+    cached without gradients as negatives) and the reference terms, which are per-sample means, are
+    averaged over the micro-batches; the EMA vector moves once per optimizer step.
+    """
 
-def _split_outputs(model_out, id_batch: int, with_reference: bool):
-    """ID features under open_clip's names, reference ones as ref_*; everything else passed through."""
-    if not with_reference:
-        return dict(model_out)
-    inputs = dict(model_out)
-    for name in ("image_features", "text_features"):
-        features = model_out[name]
-        inputs[name], inputs[f"ref_{name}"] = features[:id_batch], features[id_batch:]
-    return inputs
+    def __init__(self, model, loss, args, frozen=None, dist_model=None):
+        self.model, self.loss, self.args, self.frozen, self.dist_model = model, loss, args, frozen, dist_model
+        self.device = torch.device(args.device)
+        self.autocast = get_autocast(args.precision, device_type=self.device.type)
+        self.input_dtype = get_input_dtype(args.precision)
 
+    def _inputs(self, batch, ref):
+        images, texts = batch["image"], batch["text"]
+        if ref is not None:
+            images, texts = torch.cat([images, ref["image"]]), torch.cat([texts, ref["text"]])
+        return (images.to(device=self.device, dtype=self.input_dtype, non_blocking=True),
+                texts.to(device=self.device, non_blocking=True))
 
-def _optimizer_step(model, optimizer, scaler, args):
-    if scaler is not None:
-        if args.horovod:
-            optimizer.synchronize()
-            scaler.unscale_(optimizer)
-            if args.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm, norm_type=2.0)
-            with optimizer.skip_synchronize():
+    def _loss_inputs(self, model_out, batch, ref, images, texts):
+        """Split [ID; reference] outputs into open_clip's names and ref_*; add the frozen model's ref0_*."""
+        inputs = dict(model_out)
+        if ref is None:
+            return inputs
+        n = batch["image"].shape[0]
+        for name in ("image_features", "text_features"):
+            inputs[name], inputs[f"ref_{name}"] = model_out[name][:n], model_out[name][n:]
+        if "ref0_image_features" in ref:  # cached by tools.cache_reference
+            for name in ("ref0_image_features", "ref0_text_features"):
+                inputs[name] = ref[name].to(self.device, non_blocking=True)
+        elif self.frozen is not None:
+            inputs["ref0_image_features"], inputs["ref0_text_features"] = self.frozen(images[n:], texts[n:])
+        return inputs
+
+    def forward(self, batch, ref=None, id_features=None, position=0):
+        """Losses of one micro-batch (gradients flow through this micro-batch only). `id_features`: the
+        other micro-batches' cached ID outputs, concatenated around this one's at `position`."""
+        images, texts = self._inputs(batch, ref)
+        with self.autocast():
+            model_out = self.model(images, texts)
+            inputs = self._loss_inputs(model_out, batch, ref, images, texts)
+            if id_features is not None:
+                for key, cached in id_features.items():
+                    inputs[key] = torch.cat(cached[:position] + [inputs[key]] + cached[position + 1:])
+                if position > 0:
+                    # every micro-batch's loss depends on the temperature in full: let only the first backward
+                    # carry its gradient (open_clip 3.3 lets all N do it, an N-times too large logit_scale step)
+                    for key in _SCALARS:
+                        if key in inputs:
+                            inputs[key] = inputs[key].detach()
+            if self.args.distill:
+                with torch.no_grad():
+                    n = batch["image"].shape[0]
+                    inputs.update({f"dist_{k}": v for k, v in self.dist_model(images[:n], texts[:n]).items()})
+            losses = self.loss(**inputs, output_dict=True)
+        return losses, model_out["logit_scale"]
+
+    @torch.no_grad()
+    def _cache_id_features(self, micro_batches):
+        cached = {}
+        for batch, _ in micro_batches:
+            images, texts = self._inputs(batch, None)
+            with self.autocast():
+                out = self.model(images, texts)
+            for key, value in out.items():
+                if key not in _SCALARS:
+                    cached.setdefault(key, []).append(value)
+        return cached
+
+    def _backward(self, losses, num_micro_batches):
+        id_keys = getattr(self.loss, "id_keys", None)
+        total = sum(v if id_keys is None or k in id_keys else v / num_micro_batches for k, v in losses.items())
+        backward(total, self.scaler)
+        losses["loss"] = sum(losses.values())
+
+    def __call__(self, micro_batches, optimizer, scaler):
+        """micro_batches: [(id_batch, ref_batch or None)]; returns (losses of the last micro-batch, logit_scale)."""
+        self.scaler = scaler
+        optimizer.zero_grad()
+        if len(micro_batches) == 1:
+            losses, logit_scale = self.forward(*micro_batches[0])
+            self._backward(losses, 1)
+        else:
+            cached = self._cache_id_features(micro_batches)
+            for j, (batch, ref) in enumerate(micro_batches):
+                losses, logit_scale = self.forward(batch, ref, cached, j)
+                self._backward(losses, len(micro_batches))
+        self._optimizer_step(optimizer, scaler)
+        if hasattr(self.loss, "on_optimizer_step"):
+            self.loss.on_optimizer_step()
+        with torch.no_grad():  # clamp to ln(100), as open_clip (and CLIP) do
+            unwrap_model(self.model).logit_scale.clamp_(0, math.log(100))
+        return losses, logit_scale
+
+    def _optimizer_step(self, optimizer, scaler):
+        args, params = self.args, self.model.parameters()
+        if scaler is not None:
+            if args.horovod:
+                optimizer.synchronize()
+                scaler.unscale_(optimizer)
+                if args.grad_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, args.grad_clip_norm, norm_type=2.0)
+                with optimizer.skip_synchronize():
+                    scaler.step(optimizer)
+            else:
+                if args.grad_clip_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, args.grad_clip_norm, norm_type=2.0)
                 scaler.step(optimizer)
+            scaler.update()
         else:
             if args.grad_clip_norm is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm, norm_type=2.0)
-            scaler.step(optimizer)
-        scaler.update()
-    else:
-        if args.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm, norm_type=2.0)
-        optimizer.step()
-
-
-def _unpack(batch):
-    return (batch[0], batch[1], batch[2]) if len(batch) == 3 else (batch[0], batch[1], None)
+                torch.nn.utils.clip_grad_norm_(params, args.grad_clip_norm, norm_type=2.0)
+            optimizer.step()
 
 
 def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run, tb_writer=None):
-    device = torch.device(args.device)
-    autocast = get_autocast(args.precision, device_type=device.type)
-    input_dtype = get_input_dtype(args.precision)
-    with_reference = run.reference_stream is not None
-    frozen = run.reference
-
     model.train()
     loss.train()
     if args.distill:
         dist_model.eval()
+    step_fn = TrainingStep(model, loss, args, frozen=run.reference, dist_model=dist_model)
 
     data["train"].set_epoch(epoch)
     dataloader = data["train"].dataloader
-    num_batches_per_epoch = dataloader.num_batches
+    accum = args.accum_freq
+    num_batches_per_epoch = dataloader.num_batches // accum
     sample_digits = math.ceil(math.log(dataloader.num_samples + 1, 10))
-    skip = run.begin_epoch(epoch)
+    skip = run.begin_epoch(epoch) * accum  # resuming mid-epoch: ID batches already trained on
 
     losses_m = {}
     batch_time_m = AverageMeter()
     data_time_m = AverageMeter()
+    micro_batches = []
     end = time.time()
     for i, batch in enumerate(dataloader):
-        if i < skip:  # resuming mid-epoch: the same data, already trained on
+        if i < skip:
             if i == skip - 1:
                 run.restore_rng()
             end = time.time()
             continue
-        step = num_batches_per_epoch * epoch + i
+        batch = as_batch(batch)
+        ref = as_batch(next(run.reference_stream)) if run.reference_stream is not None else None
+        micro_batches.append((batch, ref))
+        if len(micro_batches) < accum:
+            continue
+        i_accum = i // accum
+        step = num_batches_per_epoch * epoch + i_accum
         if not args.skip_scheduler:
             scheduler(step)
-
-        images, texts, keys = _unpack(batch)
-        ref_images = ref_texts = ref_keys = None
-        if with_reference:
-            ref_images, ref_texts, ref_keys = _unpack(next(run.reference_stream))
-        id_batch = images.shape[0]
-        all_images = _concat(images, ref_images).to(device=device, dtype=input_dtype, non_blocking=True)
-        all_texts = _concat(texts, ref_texts).to(device=device, non_blocking=True)
-
         data_time_m.update(time.time() - end)
-        optimizer.zero_grad()
 
-        with autocast():
-            model_out = model(all_images, all_texts)
-            logit_scale = model_out["logit_scale"]
-            inputs = _split_outputs(model_out, id_batch, with_reference)
-            if frozen is not None:
-                inputs["ref0_image_features"], inputs["ref0_text_features"] = frozen(
-                    all_images[id_batch:], all_texts[id_batch:])
-            if args.distill:
-                with torch.no_grad():
-                    dist_model_out = dist_model(all_images[:id_batch], all_texts[:id_batch])
-                inputs.update({f"dist_{k}": v for k, v in dist_model_out.items()})
-            losses = loss(**inputs, output_dict=True)
-            total_loss = sum(losses.values())
-            losses["loss"] = total_loss
+        losses, logit_scale = step_fn(micro_batches, optimizer, scaler)
+        run.record_keys(micro_batches)
+        micro_batches = []
 
-        backward(total_loss, scaler)
-        _optimizer_step(model, optimizer, scaler, args)
-        if hasattr(loss, "on_optimizer_step"):
-            loss.on_optimizer_step()
-
-        # Note: clamp to ln(100), as open_clip (and CLIP) do.
-        with torch.no_grad():
-            unwrap_model(model).logit_scale.clamp_(0, math.log(100))
-
-        run.record_keys(keys, ref_keys)
         batch_time_m.update(time.time() - end)
         end = time.time()
-        batch_count = i + 1
-        if is_master(args) and (i % args.log_every_n_steps == 0 or batch_count == num_batches_per_epoch):
-            _log_step(args, losses, losses_m, logit_scale, optimizer, dataloader, batch_count, id_batch,
-                      num_batches_per_epoch, sample_digits, batch_time_m, data_time_m, epoch, step, tb_writer,
-                      run.extra_metrics(loss))
+        batch_count = i_accum + 1
+        if is_master(args) and (i_accum % args.log_every_n_steps == 0 or batch_count == num_batches_per_epoch):
+            _log_step(args, losses, losses_m, logit_scale, optimizer, dataloader, batch_count,
+                      batch["image"].shape[0], num_batches_per_epoch, sample_digits, batch_time_m, data_time_m,
+                      epoch, step, tb_writer, run.extra_metrics(loss))
             batch_time_m.reset()
             data_time_m.reset()
 
@@ -161,15 +215,15 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
 
 def _log_step(args, losses, losses_m, logit_scale, optimizer, dataloader, batch_count, batch_size,
               num_batches_per_epoch, sample_digits, batch_time_m, data_time_m, epoch, step, tb_writer, extra):
-    num_samples = batch_count * batch_size * args.world_size
+    num_samples = batch_count * batch_size * args.accum_freq * args.world_size
     samples_per_epoch = dataloader.num_samples
     percent_complete = 100.0 * batch_count / num_batches_per_epoch
     for key, val in losses.items():
         losses_m.setdefault(key, AverageMeter()).update(val.item(), batch_size)
     logit_scale_scalar = logit_scale.item()
     loss_log = " ".join(f"{name.capitalize()}: {m.val:#.5g} ({m.avg:#.5g})" for name, m in losses_m.items())
-    samples_per_second = args.batch_size * args.world_size / batch_time_m.val
-    samples_per_second_per_gpu = args.batch_size / batch_time_m.val
+    samples_per_second = args.accum_freq * args.batch_size * args.world_size / batch_time_m.val
+    samples_per_second_per_gpu = args.accum_freq * args.batch_size / batch_time_m.val
     logging.info(
         f"Train Epoch: {epoch} [{num_samples:>{sample_digits}}/{samples_per_epoch} ({percent_complete:.0f}%)] "
         f"Data (t): {data_time_m.avg:.3f} "

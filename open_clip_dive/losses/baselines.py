@@ -33,6 +33,7 @@ class ReplayLoss(ReferenceLoss):
     def forward(self, image_features, text_features, logit_scale, ref_image_features, ref_text_features,
                 logit_bias=None, output_dict=False, **_):
         losses = self.id_losses(image_features, text_features, logit_scale, logit_bias)
-        replay = self.id_losses(ref_image_features, ref_text_features, logit_scale, logit_bias)
+        extra = () if logit_bias is None else (logit_bias,)
+        replay = self.contrastive(ref_image_features, ref_text_features, logit_scale, *extra, output_dict=True)
         losses["replay_loss"] = self.weight * sum(replay.values())
         return losses if output_dict else tuple(losses.values())

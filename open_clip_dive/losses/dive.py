@@ -95,8 +95,9 @@ class ReferenceLoss(nn.Module):
 
     def id_losses(self, image_features, text_features, logit_scale, logit_bias=None):
         extra = () if logit_bias is None else (logit_bias,)
-        losses = self.contrastive(image_features, text_features, logit_scale, *extra, output_dict=True)
-        return dict(losses)
+        losses = dict(self.contrastive(image_features, text_features, logit_scale, *extra, output_dict=True))
+        self.id_keys = tuple(losses)  # the rest are reference terms (averaged over accumulated micro-batches)
+        return losses
 
     @staticmethod
     def difference_vectors(ref_image_features, ref_text_features, ref0_image_features, ref0_text_features):
