@@ -47,6 +47,12 @@ def plugin_parser() -> argparse.ArgumentParser:
                    help="Weights of the frozen reference model. Default: the same as --pretrained.")
     g.add_argument("--dive-ref-precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="Keep the frozen reference model in this precision (bf16/fp16 save memory on GPU).")
+    g.add_argument("--dive-ref-cache", default=None,
+                   help="Directory of frozen-model embeddings of the reference shards (tools.cache_reference): the "
+                        "frozen model is neither kept nor run. Implies --no-dive-ref-augment.")
+    g.add_argument("--dive-ref-augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="Reference images get the training augmentation (default) or open_clip's deterministic "
+                        "eval transform (--no-dive-ref-augment).")
 
     g = parser.add_argument_group("class-labelled ID data (open_clip_dive)")
     g.add_argument("--classnames", default=None,
@@ -158,6 +164,13 @@ def validate(args):
                                  "or launch with torchrun/srun instead") from None
     if args.dive_ref_data:
         check_shards(args.dive_ref_data, "--dive-ref-data")
+    if args.dive_ref_cache:
+        from .refcache import read_meta
+
+        read_meta(args.dive_ref_cache)
+        if args.dive_ref_pretrained:
+            raise DiveUsageError("--dive-ref-cache replaces the frozen model: drop --dive-ref-pretrained (the cache "
+                                 "records which weights made it)")
     if args.train_data and args.dataset_type in ("webdataset", "auto") and ".tar" in args.train_data:
         check_shards(args.train_data, "--train-data")
     if args.classnames is not None:

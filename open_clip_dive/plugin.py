@@ -26,6 +26,7 @@ from .losses import needs_frozen, needs_reference
 from .params import PLUGIN_FLAGS_DEST, validate
 from .params import parse_args as plugin_parse_args
 from .reference import build_reference, frozen_copy
+from .refcache import ReferenceCache, check_cache, model_fingerprint
 from .train import train_one_epoch as plugin_train_one_epoch
 
 UPSTREAM = {}  # name -> open_clip's original, captured once
@@ -203,7 +204,12 @@ def create_model_and_transforms(*args, **kwargs):
     a = run.args
     if a.loss is not None:
         run.loss = registry_create_loss(a)
-        if needs_frozen(run.loss):
+        if needs_frozen(run.loss) and a.dive_ref_cache:
+            image_size = model.visual.image_size
+            image_size = list(image_size) if isinstance(image_size, (tuple, list)) else [image_size] * 2
+            check_cache(a.dive_ref_cache, a.model, model_fingerprint(model), image_size)
+            logging.info(f"Frozen-model embeddings come from the cache {a.dive_ref_cache}; no frozen copy kept.")
+        elif needs_frozen(run.loss):
             if a.dive_ref_pretrained:
                 run.reference = build_reference(a, UPSTREAM["create_model_and_transforms"], model.logit_scale.device)
             else:
@@ -228,7 +234,11 @@ def get_data(args, preprocess_fns, epoch=0, tokenizer=None):
     else:
         data = UPSTREAM["get_data"](args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
     if run.loss is not None and needs_reference(run.loss) and "train" in data:
-        info = reference_stream(args, preprocess_fns[0], tokenizer, data["train"].dataloader.num_batches, epoch)
+        cached = args.dive_ref_cache and needs_frozen(run.loss)
+        augment = args.dive_ref_augment and not cached
+        info = reference_stream(args, preprocess_fns[0 if augment else 1], tokenizer,
+                                data["train"].dataloader.num_batches, epoch,
+                                embeddings=ReferenceCache(args.dive_ref_cache) if cached else None)
         run.reference_stream = RestartingIterator(info, first_pass=epoch)
     return data
 
