@@ -24,7 +24,7 @@ from open_clip_train.data import (DataInfo, ResampledShards2, SharedEpoch, detsh
                                   get_dataset_size, tarfile_to_samples_nothrow)
 
 from .errors import DiveUsageError
-from .prompts import load_classnames, load_templates, template_index
+from .prompts import load_classnames, load_templates, stable_hash, template_index
 
 IMAGE_KEYS = ("jpg", "png", "jpeg", "webp")
 SHARD_SHUFFLE = (2000, 500)  # open_clip's shard shuffle buffer (size, initial)
@@ -119,20 +119,36 @@ def caption_text(sample) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def sample_seed(seed: int, epoch: int, sample) -> int:
+    return stable_hash("augment", seed, epoch, sample.get("__url__", ""), sample["__key__"]) % 2**63
+
+
 def sample_id(sample) -> str:
     """`<shard basename>/<key>`: unique across shards, stable across machines (used for logs and the cache)."""
     return f"{os.path.basename(sample.get('__url__', ''))}/{sample['__key__']}"
 
 
 class ToTrainingSample:
-    """A training sample dict from a raw one: decode the image, make the text, tokenize (+ cached embeddings)."""
+    """A training sample dict from a raw one: decode the image, make the text, tokenize (+ cached embeddings).
 
-    def __init__(self, make_text, preprocess, tokenizer, embeddings=None):
+    With `seed` and `epoch`, the augmentation draws from an RNG seeded by (seed, epoch, sample) and leaves the
+    global RNG alone: the same crops on every rank count, worker count and resume (pipelines read ahead, so
+    a global RNG restored at a checkpoint would not see the same draws)."""
+
+    def __init__(self, make_text, preprocess, tokenizer, embeddings=None, seed=None, epoch=None):
         self.make_text, self.preprocess, self.tokenizer, self.embeddings = make_text, preprocess, tokenizer, embeddings
+        self.seed, self.epoch = seed, epoch
+
+    def _augment(self, image, sample):
+        if self.seed is None:
+            return self.preprocess(image)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch.get_value(), sample))
+            return self.preprocess(image)
 
     def __call__(self, sample):
         text = self.make_text(sample)  # label errors raise here, before decoding
-        out = {"image": self.preprocess(_decode_image(sample)), "text": self.tokenizer(text)[0],
+        out = {"image": self._augment(_decode_image(sample), sample), "text": self.tokenizer(text)[0],
                "key": sample_id(sample)}
         if self.embeddings is not None:
             out["ref0_image_features"], out["ref0_text_features"] = self.embeddings.lookup(sample)
@@ -219,7 +235,8 @@ def build_stream(spec: StreamSpec, make_text, preprocess, tokenizer, shared_epoc
         lambda src: tarfile_to_samples_nothrow(src, handler=skip_and_count),
         SeededSampleShuffle(SAMPLE_SHUFFLE[0], SAMPLE_SHUFFLE[1], spec.seed, shared_epoch),
         wds.select(has_image),
-        _safe_map(ToTrainingSample(make_text, preprocess, tokenizer, embeddings), skip_and_count),
+        _safe_map(ToTrainingSample(make_text, preprocess, tokenizer, embeddings, spec.seed, shared_epoch),
+                  skip_and_count),
         wds.batched(spec.batch_size, collation_fn=collate, partial=False),
     ]
     dataset = wds.DataPipeline(*stages)

@@ -75,10 +75,15 @@ def load_templates(spec: str, flag: str = "--templates") -> List[Template]:
         raise DiveUsageError(f"{flag}: '{spec}': {e}") from None
 
 
+def stable_hash(*parts) -> int:
+    """A 64-bit hash of `parts` that is the same in every process (Python's hash() of str is salted)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
 def template_index(seed: int, epoch: int, url: str, key: str, num_templates: int) -> int:
     """A template drawn per sample and epoch, reproducibly across workers, ranks and resumes."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{url}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % num_templates
+    return stable_hash(seed, epoch, url, key) % num_templates
 
 
 def class_prompt(classnames: Sequence[str], templates: Sequence[Template], label: int, index: int) -> str:

@@ -1,0 +1,71 @@
+"""SIGUSR1/SIGTERM: finish the step, checkpoint atomically, exit 75; `--resume latest` continues mid-epoch
+and ends with the same weights as a run that was never interrupted (CPU, --workers 0, deterministic)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers import TINY_MODEL, subprocess_env, write_shards
+from open_clip_dive.checkpoint import atomic_save, latest_checkpoint
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def argv(tiny_data, shards, logs, name, *extra):
+    return [sys.executable, "-m", "open_clip_dive.main", "--dive-model-config", tiny_data["config"],
+            "--model", TINY_MODEL, "--train-data", shards, "--classnames", tiny_data["classnames"],
+            "--batch-size", "4", "--epochs", "2", "--device", "cpu", "--precision", "fp32", "--workers", "0",
+            "--lr", "1e-3", "--warmup", "2", "--logs", str(logs), "--name", name, "--report-to", "none",
+            "--log-every-n-steps", "1", "--seed", "0", "--loss", "dive", "--dive-ref-data", tiny_data["ref"],
+            "--dive-ref-batch-size", "4", "--dive-avl-weight", "10", "--dive-pvl-weight", "10", *extra]
+
+
+def test_signal_checkpoints_mid_epoch_and_resume_matches_uninterrupted_run(tiny_data, tmp_path):
+    shards = write_shards(str(tmp_path / "id"), "id", 2, 24, num_classes=4, seed=5)
+    env = subprocess_env()
+    full = subprocess.run(argv(tiny_data, shards, tmp_path, "full"), env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    log = tmp_path / "cut" / "out.log"
+    proc = subprocess.Popen(argv(tiny_data, shards, tmp_path, "cut"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and "Train Epoch: 1 [ 8/" in log.read_text():  # two steps into the second epoch
+            proc.send_signal(signal.SIGUSR1)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=300) == 75, proc.stderr.read()[-2000:]
+    saved = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").glob("*.pt"))
+    mid = [n for n in saved if "_step_" in n]
+    assert len(mid) == 1 and mid[0].startswith("epoch_1_step_"), saved
+    assert not list((tmp_path / "cut" / "checkpoints").glob("*.partial"))
+    checkpoint = torch.load(tmp_path / "cut" / "checkpoints" / mid[0], weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["dive"]["step_in_epoch"] >= 2
+
+    resumed = subprocess.run(argv(tiny_data, shards, tmp_path, "cut", "--resume", "latest"), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "full" / "checkpoints" / "epoch_2.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoints" / "epoch_2.pt", weights_only=True)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert torch.equal(a["dive"]["ema"], b["dive"]["ema"])
+
+
+def test_a_half_written_checkpoint_is_never_picked_as_latest(tmp_path):
+    good = tmp_path / "epoch_1.pt"
+    atomic_save({"epoch": 1}, str(good))
+    (tmp_path / "epoch_2.pt").write_bytes(good.read_bytes()[:40])  # a kill during a plain torch.save
+    (tmp_path / "epoch_3.pt.partial").write_bytes(b"half")  # a kill during the plugin's atomic save
+    (tmp_path / "tmp.pt").write_bytes(good.read_bytes())  # open_clip's --save-most-recent temp file
+    assert latest_checkpoint(str(tmp_path)) == str(good)
+    atomic_save({"epoch": 1}, str(tmp_path / "epoch_1_step_7.pt"))
+    assert latest_checkpoint(str(tmp_path)).endswith("epoch_1_step_7.pt")
+    atomic_save({"epoch": 2}, str(tmp_path / "epoch_10.pt"))
+    assert latest_checkpoint(str(tmp_path)).endswith("epoch_10.pt")  # natural order, not string order
