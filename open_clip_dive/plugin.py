@@ -21,6 +21,7 @@ from open_clip_train.distributed import all_gather_object
 from . import checkpoint as ckpt
 from .data import RestartingIterator, id_stream, reference_stream
 from .distributed import any_rank, barrier
+from .errors import DiveUsageError
 from .losses import create_loss as registry_create_loss
 from .losses import needs_frozen, needs_reference
 from .params import PLUGIN_FLAGS_DEST, validate
@@ -185,7 +186,21 @@ def parse_args(argv):
     return args
 
 
+def check_launch_environment(args, env=os.environ):
+    """The launch mistakes that otherwise end in a traceback from deep inside, or a hang."""
+    if args.horovod:
+        return
+    ntasks = int(env.get("SLURM_NTASKS", "1") or 1)
+    under_srun = "SLURM_PROCID" in env and "WORLD_SIZE" not in env and ntasks > 1
+    if under_srun and args.dist_url in (None, "env://") and not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
+        raise DiveUsageError(
+            f"running as SLURM task {env.get('SLURM_PROCID')} of {ntasks} without MASTER_ADDR/MASTER_PORT: export "
+            "MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1) and MASTER_PORT=<free port> "
+            "in the batch script (launch_scripts/slurm_dive.sbatch does), or pass --dist-url tcp://host:port")
+
+
 def init_distributed_device(args):
+    check_launch_environment(args)
     device = UPSTREAM["init_distributed_device"](args)
     if args.horovod:
         # webdataset's split_by_node reads RANK/WORLD_SIZE; Horovod sets neither (every rank read every shard)
