@@ -1,0 +1,60 @@
+"""Evaluation researchers can trust: ID / OOD / zero-shot suites, RSA geometry, WiSE-FT, reports and plots.
+
+Command line: `python -m open_clip_dive.evaluate --help` (see docs/evaluating.md).
+From training: `evaluate_in_training(model, args, epoch, preprocess, tokenizer)` when `--dive-eval-suite` is set.
+"""
+
+import logging
+import os
+from typing import Dict
+
+from .geometry import geometry_report, rsa
+from .heads import build_zeroshot_head, zeroshot_logits
+from .metrics import classification_metrics, macro_f1, project_logits
+from .runner import EvalConfig, SuiteEvaluator
+from .suites import PRESETS, SUITES, DatasetError, DatasetSpec, load_paths_file, resolve_suite
+from .wiseft import interpolate_state_dicts
+
+__all__ = ["evaluate_in_training", "SuiteEvaluator", "EvalConfig", "DatasetSpec", "DatasetError", "resolve_suite",
+           "build_zeroshot_head", "zeroshot_logits", "project_logits", "classification_metrics", "macro_f1", "rsa",
+           "geometry_report", "interpolate_state_dicts", "PRESETS", "SUITES"]
+
+
+def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer) -> Dict[str, float]:
+    """Evaluate the model being trained on `args.dive_eval_suite` (a suite name, comma list or YAML/JSON file).
+
+    Rank 0 only (other ranks return {} at once). The model may be DDP-wrapped; its train/eval mode is restored.
+    Optional args: dive_eval_data_paths (YAML/JSON {dataset: path}), dive_eval_max_samples, workers.
+    Writes <logs>/<name>/dive_eval/epoch_<epoch>/results.json (+ .md, .csv) and returns flat metrics:
+    `dive_eval/<dataset>/top1|top5|macro_f1` and `dive_eval/id|ood_avg|zeroshot_avg`.
+    A dataset that fails is logged and left out; training is never stopped by evaluation data.
+    """
+    from .report import write_reports
+    from .runner import log as eval_log
+
+    if getattr(args, "rank", 0) != 0 or not getattr(args, "dive_eval_suite", None):
+        return {}
+    paths = load_paths_file(args.dive_eval_data_paths) if getattr(args, "dive_eval_data_paths", None) else {}
+    specs = resolve_suite([args.dive_eval_suite], paths, max_samples=getattr(args, "dive_eval_max_samples", None))
+    config = EvalConfig(device=str(getattr(args, "device", "cpu")), precision=getattr(args, "precision", "fp32"),
+                        batch_size=getattr(args, "batch_size", 256), workers=getattr(args, "workers", 0), progress=False)
+    if not eval_log.handlers and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO)
+    evaluator = SuiteEvaluator(specs, config)
+    label = f"epoch_{epoch}"
+    out = evaluator.evaluate(model, preprocess, tokenizer, label)
+    errors = [f"{n}: {d['error']}" for n, d in out["datasets"].items() if "error" in d]
+    results = {"settings": {"epoch": epoch, "suite": evaluator.settings(), "suite_spec": args.dive_eval_suite,
+                            "precision": config.precision, "batch_size": config.batch_size},
+               "runs": {label: {"role": "training", **out, "geometry": None}}, "wise_ft": {}, "errors": errors}
+    out_dir = os.path.join(args.logs, args.name, "dive_eval", f"epoch_{epoch}")
+    write_reports(results, out_dir, plots=False)
+    metrics: Dict[str, float] = {}
+    for name, d in out["datasets"].items():
+        for key in ("top1", "top5", "macro_f1"):
+            if d.get(key) is not None:
+                metrics[f"dive_eval/{name}/{key}"] = d[key]
+    for key in ("id", "ood_avg", "zeroshot_avg"):
+        if out["summary"].get(key) is not None:
+            metrics[f"dive_eval/{key}"] = out["summary"][key]
+    return metrics

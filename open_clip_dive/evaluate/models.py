@@ -1,0 +1,92 @@
+"""Load the models to compare (open_clip names, checkpoints, `local-dir:`), with one-line errors."""
+
+import contextlib
+import dataclasses
+import os
+from typing import Optional
+
+import torch
+
+from ..errors import DiveUsageError
+
+
+class ModelError(DiveUsageError):
+    """One model (run) could not be loaded: reported, the other runs are still evaluated."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    label: str
+    model: torch.nn.Module
+    preprocess: object
+    tokenizer: object
+    model_name: str
+    pretrained: Optional[str]
+
+
+def add_model_configs(paths) -> None:
+    """`--model-config`: JSON files or folders of them, registered with open_clip (tests use tiny models)."""
+    import open_clip
+
+    for path in paths or []:
+        if not os.path.exists(path):
+            raise DiveUsageError(f"--model-config '{path}' does not exist")
+        open_clip.add_model_config(path)
+
+
+def _trained_with(checkpoint: str) -> Optional[str]:
+    """The --model recorded in the run's params.txt (logs/<name>/checkpoints/epoch_N.pt -> logs/<name>/params.txt)."""
+    params = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "params.txt")
+    if os.path.isfile(params):
+        with open(params) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model":
+                    return value.strip()
+    return None
+
+
+def load_model(label: str, model_name: str, pretrained: Optional[str], device="cpu", precision: str = "fp32") -> LoadedModel:
+    import open_clip
+
+    if pretrained and pretrained.startswith("local-dir:"):
+        model_name, pretrained = pretrained, None  # the folder carries its own config
+    elif pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth"))):
+        if not os.path.isfile(pretrained):
+            raise ModelError(f"run '{label}': checkpoint '{pretrained}' does not exist")
+    known = model_name.startswith(("local-dir:", "hf-hub:")) or model_name in open_clip.list_models()
+    if not known:
+        raise ModelError(f"run '{label}': unknown model '{model_name}'; see open_clip.list_models(), or register a "
+                         f"config with --model-config FILE")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device,
+            precision="fp32" if precision.startswith("amp") else precision)
+    except RuntimeError as e:
+        text = str(e)
+        if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
+            detail = next((line.strip() for line in text.splitlines() if "size mismatch" in line or "key" in line), "")
+            hint = _trained_with(pretrained) if pretrained else None
+            hint = f"; its params.txt says --model {hint}" if hint and hint != model_name else ""
+            raise ModelError(f"run '{label}': checkpoint '{pretrained}' is for another architecture than --model "
+                             f"{model_name} ({detail[:160]}){hint}") from None
+        raise ModelError(f"run '{label}': could not load {model_name} / {pretrained}: {text.splitlines()[0]}") from None
+    except Exception as e:  # unpickling errors, missing hub weights offline, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"run '{label}': could not load {model_name} / {pretrained}: {first}") from None
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return LoadedModel(label, model, preprocess, tokenizer, model_name, pretrained)
+
+
+def autocast_for(precision: str, device) -> "contextlib.AbstractContextManager":
+    """A zero-argument factory of the autocast context open_clip's --precision implies."""
+    device_type = torch.device(device).type
+    if precision in ("amp", "amp_bf16", "amp_bfloat16"):
+        dtype = torch.bfloat16 if precision != "amp" or device_type == "cpu" else torch.float16
+        return lambda: torch.autocast(device_type=device_type, dtype=dtype)
+    return contextlib.nullcontext
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
