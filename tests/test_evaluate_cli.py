@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
-from open_clip_dive.evaluate import evaluate_in_training
+from open_clip_dive.errors import DiveUsageError
+from open_clip_dive.evaluate import check_eval_suite, evaluate_in_training
 from open_clip_dive.evaluate.cli import main
 from open_clip_dive.evaluate.plots import PIXELS
 from open_clip_dive.evaluate.report import load_results, write_reports
@@ -272,6 +273,12 @@ def test_evaluate_in_training_writes_results_on_rank_0_only(workspace, tmp_path)
     saved = json.loads((tmp_path / "logs" / "run" / "dive_eval" / "epoch_3" / "results.json").read_text())
     assert saved["runs"]["epoch_3"]["datasets"]["mnist"]["n"] == 50
     assert saved["runs"]["epoch_3"]["datasets"]["uci-digits"]["top1"] == metrics["dive_eval/uci-digits/top1"]
+
+    check_eval_suite(args)  # a good suite passes the start-up check
+    args.dive_eval_suite = "imagenet-oood"
+    with pytest.raises(DiveUsageError, match="unknown suite"):
+        check_eval_suite(args)
+    assert evaluate_in_training(wrapped, args, 4, preprocess, tokenizer) == {}  # logged, the run goes on
 
 
 def synthetic_results(labels, shift=0.0):

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import f1_score
 

@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Dict
 
+from ..errors import DiveUsageError
 from .geometry import geometry_report, rsa
 from .heads import build_zeroshot_head, zeroshot_logits
 from .metrics import classification_metrics, macro_f1, project_logits
@@ -15,9 +16,21 @@ from .runner import EvalConfig, SuiteEvaluator
 from .suites import PRESETS, SUITES, DatasetError, DatasetSpec, load_paths_file, resolve_suite
 from .wiseft import interpolate_state_dicts
 
-__all__ = ["evaluate_in_training", "SuiteEvaluator", "EvalConfig", "DatasetSpec", "DatasetError", "resolve_suite",
+__all__ = ["evaluate_in_training", "check_eval_suite", "SuiteEvaluator", "EvalConfig", "DatasetSpec", "DatasetError", "resolve_suite",
            "build_zeroshot_head", "zeroshot_logits", "project_logits", "classification_metrics", "macro_f1", "rsa",
            "geometry_report", "interpolate_state_dicts", "PRESETS", "SUITES"]
+
+
+def _training_suite(args):
+    paths = load_paths_file(args.dive_eval_data_paths) if getattr(args, "dive_eval_data_paths", None) else {}
+    return resolve_suite([args.dive_eval_suite], paths, max_samples=getattr(args, "dive_eval_max_samples", None))
+
+
+def check_eval_suite(args) -> None:
+    """Call at start-up when --dive-eval-suite is set: a bad suite name / file / paths file raises DiveUsageError
+    now rather than after the first epoch. (Missing data is only reported when evaluating, per dataset.)"""
+    if getattr(args, "dive_eval_suite", None):
+        _training_suite(args)
 
 
 def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer) -> Dict[str, float]:
@@ -27,15 +40,19 @@ def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer) -> Dict
     Optional args: dive_eval_data_paths (YAML/JSON {dataset: path}), dive_eval_max_samples, workers.
     Writes <logs>/<name>/dive_eval/epoch_<epoch>/results.json (+ .md, .csv) and returns flat metrics:
     `dive_eval/<dataset>/top1|top5|macro_f1` and `dive_eval/id|ood_avg|zeroshot_avg`.
-    A dataset that fails is logged and left out; training is never stopped by evaluation data.
+    A dataset that fails is logged and left out; training is never stopped by evaluation data or suite files
+    (call `check_eval_suite(args)` at start-up to reject a bad suite before training).
     """
     from .report import write_reports
     from .runner import log as eval_log
 
     if getattr(args, "rank", 0) != 0 or not getattr(args, "dive_eval_suite", None):
         return {}
-    paths = load_paths_file(args.dive_eval_data_paths) if getattr(args, "dive_eval_data_paths", None) else {}
-    specs = resolve_suite([args.dive_eval_suite], paths, max_samples=getattr(args, "dive_eval_max_samples", None))
+    try:
+        specs = _training_suite(args)
+    except DiveUsageError as e:  # check_eval_suite() catches this at start-up; never stop a run over it here
+        eval_log.error(f"dive-eval: {e}")
+        return {}
     config = EvalConfig(device=str(getattr(args, "device", "cpu")), precision=getattr(args, "precision", "fp32"),
                         batch_size=getattr(args, "batch_size", 256), workers=getattr(args, "workers", 0), progress=False)
     if not eval_log.handlers and not logging.getLogger().handlers:

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interpolate each fine-tuned run with the pre-trained weights: 0,0.5,1 or 0:1:0.1")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16", "fp16", "bf16"])
+    g.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16"],
+                   help="amp: fp16 autocast on GPU (bf16 on CPU); weights stay fp32")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--text-batch-size", type=int, default=256, help="prompts per text-tower batch when building heads")
     g.add_argument("--workers", type=int, default=4, help="data loader workers")
@@ -127,6 +128,9 @@ def run(args) -> int:
         raise DiveUsageError("--model is required (the open_clip architecture), unless --report is given")
     add_model_configs(args.model_config)
     runs = _parse_runs(args)
+    if len(runs) > 1 and not args.pretrained:
+        raise DiveUsageError("--finetuned runs need --pretrained (the weights fine-tuning started from): it is the "
+                             "reference for RSA and WiSE-FT and the zero-shot row of the table")
     paths = load_paths_file(args.data_paths) if args.data_paths else {}
     for item in args.data_path:
         paths.update(parse_data_path(item))
@@ -151,7 +155,7 @@ def run(args) -> int:
     for r in runs:
         label = r["label"]
         try:
-            loaded = load_model(label, args.model, r["checkpoint"], args.device, args.precision)
+            loaded = load_model(label, args.model, r["checkpoint"], args.device)
         except ModelError as e:
             log.error(f"ERROR {e}")
             errors.append(str(e))

@@ -46,7 +46,7 @@ def _trained_with(checkpoint: str) -> Optional[str]:
     return None
 
 
-def load_model(label: str, model_name: str, pretrained: Optional[str], device="cpu", precision: str = "fp32") -> LoadedModel:
+def load_model(label: str, model_name: str, pretrained: Optional[str], device="cpu") -> LoadedModel:
     import open_clip
 
     if pretrained and pretrained.startswith("local-dir:"):
@@ -60,8 +60,7 @@ def load_model(label: str, model_name: str, pretrained: Optional[str], device="c
                          f"config with --model-config FILE")
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device,
-            precision="fp32" if precision.startswith("amp") else precision)
+            model_name, pretrained=pretrained, device=device, precision="fp32")  # amp: autocast over fp32 weights
     except RuntimeError as e:
         text = str(e)
         if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:

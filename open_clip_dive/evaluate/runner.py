@@ -79,9 +79,11 @@ class SuiteEvaluator:
             total = limit if limit is not None else ds.num_samples
             batches = tqdm(batches, desc=desc or ds.name, unit="batch", leave=False,
                            total=-(-total // self.config.batch_size) if total else None)
+        # a model trained in pure fp16/bf16 (open_clip --precision pure_*) wants inputs of its own dtype
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         for images, y, t in batches:
             with autocast():
-                f = model.encode_image(images.to(self.config.device))
+                f = model.encode_image(images.to(self.config.device, dtype=dtype))
             feats.append(F.normalize(f.float(), dim=-1).cpu())
             labels.append(y)
             texts.extend(t)
