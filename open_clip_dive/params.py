@@ -70,6 +70,10 @@ def plugin_parser() -> argparse.ArgumentParser:
     g.add_argument("--dive-eval-suite", default=None,
                    help="Evaluation suite (name or YAML/JSON file) run after every epoch; see `python -m "
                         "open_clip_dive.evaluate --help`.")
+    g.add_argument("--dive-eval-data-paths", default=None,
+                   help="YAML/JSON {dataset: path} for the datasets of --dive-eval-suite.")
+    g.add_argument("--dive-eval-max-samples", type=int, default=None,
+                   help="Cap every dataset of --dive-eval-suite at this many samples (a quick look, not a benchmark).")
     g.add_argument("--dive-preempt-signals", default="USR1,TERM",
                    help="Signals that make the run finish its step, checkpoint and exit 75 for requeueing "
                         "(comma list; 'none' to disable).")
@@ -181,6 +185,10 @@ def validate(args):
         if args.dataset_type not in ("webdataset", "auto"):
             raise DiveUsageError("--classnames: class-labelled data must be WebDataset shards with 'cls' "
                                  f"(got --dataset-type {args.dataset_type})")
+    if args.dive_eval_suite:
+        from .evaluate import check_eval_suite
+
+        check_eval_suite(args)
     for path in args.dive_model_config or ():
         if not os.path.exists(path):
             raise DiveUsageError(f"--dive-model-config: '{path}' does not exist")
