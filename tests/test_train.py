@@ -136,3 +136,16 @@ def test_help_shows_plugin_and_open_clip_flags(tmp_path):
     assert result.returncode == 0
     for flag in ("--dive-avl-weight", "--dive-ref-data", "--classnames", "--train-data", "--local-loss"):
         assert flag in result.stdout
+
+
+def test_eval_suite_runs_after_every_epoch(tiny_data, tmp_path):
+    suite = tmp_path / "suite.json"
+    suite.write_text(__import__("json").dumps({"datasets": [
+        {"name": "tiny-id", "group": "id", "type": "wds", "path": tiny_data["id"],
+         "classnames": tiny_data["classnames"], "templates": "photo"}]}))
+    assert main(dive_args(tiny_data, tmp_path, "evalrun", "--dive-eval-suite", str(suite), "--epochs", "2",
+                          "--train-num-samples", "16")) == 0
+    for epoch in (1, 2):
+        results = tmp_path / "evalrun" / "dive_eval" / f"epoch_{epoch}" / "results.json"
+        assert results.exists(), epoch
+    assert "tiny-id" in (tmp_path / "evalrun" / "out.log").read_text()
