@@ -241,7 +241,10 @@ def test_suite_file_with_paths_defaults_and_overrides(tmp_path):
     path.write_text("suite: imagenet-ood\npaths:\n  imagenet: val\ndefaults:\n  max_samples: 7\n"
                     "datasets:\n  - {name: objectnet, preset: objectnet, path: /data/on, max_samples: 3}\n"
                     "  - {name: iwild, group: id, path: shards, primary: macro_f1}\n")
-    specs = {s.name: s for s in resolve_suite([str(path)])}
+    ordered = resolve_suite([str(path)])
+    assert [s.name for s in ordered][:6] == ["imagenet", "imagenet-v2", "imagenet-r", "imagenet-a", "imagenet-sketch",
+                                             "objectnet"]  # the override kept its place
+    specs = {s.name: s for s in ordered}
     assert specs["imagenet"].path == str(tmp_path / "val")     # relative to the suite file
     assert specs["objectnet"].path == "/data/on" and specs["objectnet"].max_samples == 3
     assert specs["imagenet-a"].max_samples == 7 and specs["iwild"].primary == "macro_f1"
@@ -249,3 +252,22 @@ def test_suite_file_with_paths_defaults_and_overrides(tmp_path):
     bad.write_text("datasets:\n  - {name: x, grup: id}\n")
     with pytest.raises(DiveUsageError, match="unknown keys \\['grup'\\]"):
         resolve_suite([str(bad)])
+
+
+def test_a_bad_template_or_subset_file_fails_only_its_dataset(tmp_path):
+    from open_clip_dive.evaluate.runner import EvalConfig, SuiteEvaluator
+
+    for c in "ab":
+        write_images(str(tmp_path / "data" / c), 1)
+    good = DatasetSpec(name="good", path=str(tmp_path / "data"))
+    bad_templates = DatasetSpec(name="t", path=str(tmp_path / "data"), templates=str(tmp_path / "none.txt"))
+    for c in "01":
+        write_images(str(tmp_path / "ints" / c), 1)
+    (tmp_path / "subset.json").write_text("[0, 1,")  # truncated JSON
+    bad_subset = DatasetSpec(name="s", path=str(tmp_path / "ints"), labels="int", classnames=["x", "y", "z"],
+                             class_subset=str(tmp_path / "subset.json"))
+    ev = SuiteEvaluator([good, bad_templates, bad_subset], EvalConfig(progress=False))
+    assert list(ev.prepared) == ["good"]
+    assert "none.txt' does not exist" in ev.prepare_errors["t"]
+    assert "class_subset file" in ev.prepare_errors["s"] and "subset.json' could not be read as JSON" in ev.prepare_errors["s"]
+    assert all("\n" not in m for m in ev.prepare_errors.values())

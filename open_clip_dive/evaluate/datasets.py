@@ -275,13 +275,24 @@ def _head_classnames(spec: DatasetSpec, fallback: Optional[List[str]], where: st
     return names
 
 
+def _json_file(path: str, what: str, spec: DatasetSpec):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"dataset '{spec.name}': {what} file '{path}' could not be read as JSON ({e})") from None
+
+
 def _subset(spec: DatasetSpec) -> Optional[List[int]]:
     if spec.class_subset is None:
         return None
     if isinstance(spec.class_subset, str):
         if os.path.isfile(spec.class_subset):
-            return [int(x) for x in json.load(open(spec.class_subset))]
-        return list(imagenet_subset(spec.class_subset))
+            return [int(x) for x in _json_file(spec.class_subset, "class_subset", spec)]
+        try:
+            return list(imagenet_subset(spec.class_subset))
+        except DiveUsageError as e:
+            raise DatasetError(f"dataset '{spec.name}': {e}") from None
     return [int(x) for x in spec.class_subset]
 
 
@@ -337,10 +348,10 @@ def _prepare_wds(spec: DatasetSpec, default_templates) -> PreparedDataset:
     subset = _subset(spec)
     if spec.class_map is not None:
         raise DatasetError(f"dataset '{spec.name}': class_map needs an ImageFolder layout (class folders)")
-    groups = [[i] for i in subset] if subset else None
-    classnames = [head[i] for i in subset] if subset else head
     if subset and max(subset) >= len(head):
         raise DatasetError(f"dataset '{spec.name}': class_subset points past the {len(head)} class names")
+    groups = [[i] for i in subset] if subset else None
+    classnames = [head[i] for i in subset] if subset else head
     templates, desc = resolve_templates(spec.templates, default_templates)
     if spec.max_samples is not None and num_samples is not None:
         num_samples = min(num_samples, spec.max_samples)
@@ -386,7 +397,7 @@ def _prepare_imagefolder(spec: DatasetSpec, default_templates) -> PreparedDatase
             mapping = objectnet_mapping(map_dir, len(head))
             label_names = json.load(open(os.path.join(map_dir, "folder_to_objectnet_label.json")))
         else:
-            mapping = spec.class_map if isinstance(spec.class_map, dict) else json.load(open(spec.class_map))
+            mapping = spec.class_map if isinstance(spec.class_map, dict) else _json_file(spec.class_map, "class_map", spec)
             head = _head_classnames(spec, None, root)
             label_names = {}
         mapped = [f for f in folders if f in mapping]
@@ -479,6 +490,8 @@ def _prepare_clip_benchmark(spec: DatasetSpec, default_templates) -> PreparedDat
     else:
         templates, desc = resolve_templates(spec.templates, default_templates)
     subset = _subset(spec)
+    if subset and max(subset) >= len(head):
+        raise DatasetError(f"dataset '{spec.name}': class_subset points past the {len(head)} class names")
     groups = [[i] for i in subset] if subset else None
     classnames = [head[i] for i in subset] if subset else head
     n = len(ds) if spec.max_samples is None else min(len(ds), spec.max_samples)

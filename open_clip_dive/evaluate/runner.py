@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import DiveUsageError
 from .datasets import PreparedDataset, prepare
 from .heads import HeadCache, zeroshot_logits
 from .metrics import classification_metrics, group_average, project_logits
@@ -39,7 +40,7 @@ def one_line(exc: BaseException) -> str:
         last = [line for line in text.splitlines() if line.strip()][-1]
         text = last.split(": ", 1)[1] if ": " in last else last
     first = text.splitlines()[0] if text else ""
-    return first if isinstance(exc, DatasetError) else f"{type(exc).__name__}: {first}"
+    return first if isinstance(exc, DiveUsageError) else f"{type(exc).__name__}: {first}"
 
 
 class SuiteEvaluator:
@@ -53,7 +54,7 @@ class SuiteEvaluator:
         for spec in self.specs:
             try:
                 self.prepared[spec.name] = prepare(spec, config.default_templates)
-            except DatasetError as e:
+            except Exception as e:  # bad path, class list, template file, ...: this dataset only
                 self.prepare_errors[spec.name] = one_line(e)
                 log.error(f"ERROR {spec.name} [{spec.group}]: {one_line(e)}")
 

@@ -198,7 +198,8 @@ def load_suite_file(path: str) -> List[DatasetSpec]:
     for i, d in enumerate(data.get("datasets") or []):
         spec = DatasetSpec.from_dict(d, f"suite file '{path}', datasets[{i}]")
         spec.path = _abs(spec.path) if spec.path is not None else paths.get(spec.name)
-        specs = [s for s in specs if s.name != spec.name] + [spec]
+        names = [s.name for s in specs]  # an entry named like a suite dataset replaces it in place
+        specs = specs[:names.index(spec.name)] + [spec] + specs[names.index(spec.name) + 1:] if spec.name in names else specs + [spec]
     defaults = data.get("defaults") or {}
     bad = sorted(set(defaults) - {f.name for f in dataclasses.fields(DatasetSpec)} - {"name"})
     if bad:
