@@ -235,6 +235,7 @@ def test_bad_inputs_each_give_one_error_and_the_rest_is_reported(workspace, tmp_
     assert results["runs"]["ft"]["datasets"]["uci-digits"]["top1"] > 0.6  # the good parts are all there
     assert "error" in results["runs"]["wide"] and results["runs"]["ft"]["geometry"]["image"]["rsa_cosine"] < 1
     assert results["runs"]["ft"]["summary"]["ood_partial"] and results["runs"]["ft"]["summary"]["ood_avg"] is None
+    assert "| wide | error | error |" in stdout  # the run that failed to load has a row that says so
     assert "| ft |" in stdout and "error" in (root / "bad" / "results.md").read_text()
     # one clear line per problem as it happens, too
     assert sum(line.startswith("ERROR ") and "'short'" in line for line in stdout.splitlines()) == 2

@@ -68,6 +68,8 @@ def column_title(col) -> str:
 def cell(run: Dict, col) -> Tuple[Optional[float], str]:
     """(number for CSV / plots, text for the markdown table)."""
     kind, key, group = col
+    if run.get("error"):  # the run itself could not be loaded
+        return None, "error"
     if kind == "dataset":
         r = run.get("datasets", {}).get(key)
         if r is None:
