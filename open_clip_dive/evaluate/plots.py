@@ -54,7 +54,7 @@ def bar_charts(results: Dict, out_dir: str) -> Dict[str, str]:
         series = {label: [cell(run, c)[0] for c in group_cols] for label, run in runs.items()}
         fig, ax = plt.subplots(figsize=FIGSIZE)
         _bars(ax, [column_title(c) for c in group_cols], series, "score (%)")
-        ax.set_title(f"{group.upper() if group == 'id' else group} datasets")
+        ax.set_title({"id": "ID", "ood": "OOD", "zeroshot": "Zero-shot"}[group] + " datasets")
         files[f"bars_{group}"] = _save(fig, os.path.join(out_dir, f"bars_{group}.png"))
     summary_cols = [("avg", AVG_KEYS[g][0], g) for g in ("id", "ood", "zeroshot")
                     if any(AVG_KEYS[g][0] in (run.get("summary") or {}) for run in runs.values())]
