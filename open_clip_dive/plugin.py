@@ -46,7 +46,6 @@ class Run:
         self.tokenizer = None
         self.resume = None  # the `dive` entry of the checkpoint we resumed from
         self.model_built = False
-        self._skip = 0
         self._rng = None
         self._preempt = False
         self._old_handlers = {}
@@ -262,9 +261,11 @@ def create_loss(args):
     run = _run
     if run is None or run.loss is None:
         return UPSTREAM["create_loss"](args)
-    if run.resume and "loss_state" in run.resume:
-        run.loss.load_state_dict(run.resume["loss_state"])
-        logging.info("Restored the loss state (EMA vector) from the checkpoint.")
+    if run.resume and run.resume.get("loss_state"):
+        missing, unexpected = run.loss.load_state_dict(run.resume["loss_state"], strict=False)
+        logging.info("Restored the loss state (EMA vector) from the checkpoint."
+                     + (f" Not in the checkpoint (kept fresh): {missing}." if missing else "")
+                     + (f" Not used by --loss {args.loss}: {unexpected}." if unexpected else ""))
     run.loss.to(torch.device(args.device))
     run.install_signal_handlers()
     return run.loss
