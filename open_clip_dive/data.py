@@ -4,7 +4,8 @@ Both are plain webdataset pipelines built from open_clip_train's own stages (sha
 seeded shard shuffle, no-throw tar reading); what differs from open_clip's train pipeline:
 - the text comes from the class label (`cls`) through a template drawn per sample and epoch (FLYP),
   or from the caption (`txt`) for reference pairs (CC3M as img2dataset writes it: jpg + txt + json);
-- the sample shuffle is seeded by (seed, epoch, rank, worker), so a resumed run sees the same data;
+- the sample shuffle, the resampled shard choice and the augmentation are seeded by (seed, epoch, rank,
+  worker, sample), never by the global RNG, so a resumed run sees the same data, crops and prompts;
 - a sample that fails to decode is skipped and counted in the log; a missing label or a label out of
   range stops the run with the shard and key named.
 """
@@ -49,6 +50,18 @@ def _worker_rank_info():
     return rank, worker
 
 
+@dataclass
+class WorkerSeed:
+    """The resampled shard choice's seed per (seed, rank, worker): independent of the global RNG, so a resumed
+    run (whose loader starts with another RNG state) draws the same shards."""
+
+    seed: int
+
+    def __call__(self) -> int:
+        rank, worker = _worker_rank_info()
+        return stable_hash("shards", self.seed, rank, worker) % 2**31
+
+
 class SeededSampleShuffle(wds.PipelineStage):
     """A sample shuffle buffer seeded by (seed, epoch, rank, worker): the same order on every run and resume."""
 
@@ -57,7 +70,7 @@ class SeededSampleShuffle(wds.PipelineStage):
 
     def run(self, src):
         rank, worker = _worker_rank_info()
-        rng = random.Random(hash((self.seed, self.epoch.get_value(), rank, worker)))
+        rng = random.Random(stable_hash("samples", self.seed, self.epoch.get_value(), rank, worker))
         buf, src = [], iter(src)
         for sample in src:
             buf.append(sample)
@@ -226,7 +239,8 @@ def build_stream(spec: StreamSpec, make_text, preprocess, tokenizer, shared_epoc
                                  "give the sample count (--train-num-samples / --dive-ref-num-samples)")
     check_shard_split(spec, len(urls))
     if spec.resampled:
-        stages = [ResampledShards2(spec.shards, weights=spec.upsampling_factors, deterministic=True, epoch=shared_epoch)]
+        stages = [ResampledShards2(spec.shards, weights=spec.upsampling_factors, worker_seed=WorkerSeed(spec.seed),
+                                   deterministic=True, epoch=shared_epoch)]
     else:
         stages = [wds.SimpleShardList(urls),
                   detshuffle2(bufsize=SHARD_SHUFFLE[0], initial=SHARD_SHUFFLE[1], seed=spec.seed, epoch=shared_epoch),
