@@ -80,6 +80,11 @@ if [ -z "$wheel" ] || [ "$FORCE" = 1 ]; then
         fi
     fi
     export HOROVOD_PYTORCH_IGNORE_CUDA
+    # A legacy setup.py build without isolation needs setuptools and, before setuptools 70.1, the wheel package.
+    if ! "$PY" -c 'import setuptools, wheel' 2>/dev/null; then
+        log "installing setuptools/wheel into $PY for the build"
+        "$PY" -m pip install -q setuptools wheel >&2
+    fi
     export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1
     export HOROVOD_WITHOUT_MPI="${HOROVOD_WITHOUT_MPI:-1}"
     export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"

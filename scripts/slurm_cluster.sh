@@ -171,7 +171,7 @@ cmd_up() {
     stop_pid "$STATE/slurmd.pid" slurmd
     stop_pid "$STATE/slurmctld.pid" slurmctld
     if [ -z "$CPUS" ]; then CPUS="$(nproc)"; [ "$CPUS" -lt 2 ] && CPUS=2; fi
-    [ -f "$CONF" ] && [ "${DIVE_SLURM_KEEP_CONF:-0}" = 1 ] || write_conf "$CPUS"
+    write_conf "$CPUS"
     start_munge
     export SLURM_CONF="$CONF"
     # -c: start with a clean state (no jobs left from an earlier run of this state dir).
@@ -201,6 +201,11 @@ cmd_down() {
         # Cancel what is still queued or running, so that slurmd does not leave job processes behind.
         if pid_alive "$STATE/slurmctld.pid"; then
             timeout 10 scancel --full --quiet --user=root >/dev/null 2>&1 || true
+            local i
+            for i in $(seq 1 60); do  # slurmstepd outlives slurmd: let the jobs end before the daemons go
+                [ -z "$(timeout 5 squeue -h -o %i 2>/dev/null)" ] && break
+                sleep 0.5
+            done
         fi
     fi
     stop_pid "$STATE/slurmd.pid" slurmd
