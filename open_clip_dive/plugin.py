@@ -357,12 +357,30 @@ _MAIN_NAMES = ("parse_args", "init_distributed_device", "create_model_and_transf
                "train_one_epoch", "pt_load", "get_latest_checkpoint", "setup_logging")
 
 
+def _hooks():
+    """open_clip_train.hooks when open_clip carries patches/open_clip-3.3.0-dive-hooks.patch, else None."""
+    try:
+        from open_clip_train import hooks
+    except ImportError:
+        return None
+    return hooks if getattr(hooks, "API_VERSION", None) == 1 else None
+
+
 def install():
-    """Rebind open_clip_train.main's collaborators (idempotent)."""
+    """Put the plugin into open_clip_train.main (idempotent): through the hook registry of a patched open_clip,
+    otherwise by rebinding the names main() calls."""
     if UPSTREAM:
         return
     for name in _MAIN_NAMES:
         UPSTREAM[name] = getattr(oc_main, name)
+    hooks = _hooks()
+    if hooks is not None:  # the patch also fixes CPU DDP, the Horovod sampler and atomic saves
+        g = globals()
+        for name in _MAIN_NAMES:
+            hooks.register(name, g[name])
+        hooks.register("save_checkpoint", save_checkpoint)
+        UPSTREAM["hooks"] = hooks
+        return
     UPSTREAM["torch"] = oc_main.torch
     UPSTREAM["DistributedSampler"] = oc_data.DistributedSampler
     g = globals()
@@ -376,6 +394,11 @@ def install():
 def uninstall():
     """Put open_clip's own functions back (tests use this to compare against plain open_clip)."""
     if not UPSTREAM:
+        return
+    if "hooks" in UPSTREAM:
+        for name in _MAIN_NAMES + ("save_checkpoint",):
+            UPSTREAM["hooks"].unregister(name)
+        UPSTREAM.clear()
         return
     for name in _MAIN_NAMES:
         setattr(oc_main, name, UPSTREAM[name])
