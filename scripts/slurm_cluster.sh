@@ -1,36 +1,42 @@
 #!/usr/bin/env bash
-# A single-node SLURM cluster on localhost (munged + slurmctld + slurmd), for tests and CI, run as root.
+# A SLURM cluster on localhost (munged + slurmctld + one slurmd per node), for tests and CI, run as root.
 #
-# usage: scripts/slurm_cluster.sh {up|down|status|env} [--state-dir DIR] [--cpus N] [--no-install]
-#   up      install slurm/munge with apt-get if missing, write DIR/slurm.conf, start the daemons, wait until the
+# usage: scripts/slurm_cluster.sh {up|down|status|env} [--state-dir DIR] [--nodes N] [--cpus N] [--no-install]
+#   up      install slurm/munge with apt-get if missing, write DIR/slurm.conf, start the daemons, wait until every
 #           node is idle.  Idempotent: a cluster already running from DIR is left as it is.
-#   down    stop the daemons started from DIR by the PIDs in DIR/*.pid (TERM, then KILL after 10 s).
-#   status  print sinfo and the daemon PIDs; exit 0 when all three are alive, 1 otherwise.
+#   down    cancel the cluster's jobs, then stop its daemons by the PIDs in DIR/*.pid (TERM, then KILL after 10 s).
+#   status  print sinfo and the daemon PIDs; exit 0 when all daemons are alive, 1 otherwise.
 #   env     print `export SLURM_CONF=DIR/slurm.conf` (clients need it: eval "$(scripts/slurm_cluster.sh env)").
 # options:
 #   --state-dir DIR  everything lives here: config, munge key/socket, state, spool, logs, pid files
 #                    (default: $DIVE_SLURM_DIR or /tmp/open_clip_dive-slurm)
-#   --cpus N         CPUs the node advertises (default: max(nproc, 2); more than the machine has is allowed)
+#   --nodes N        nodes node1..nodeN, each its own slurmd on this machine (default: $DIVE_SLURM_NODES or 2), so
+#                    that `sbatch --nodes=2` gives a real multi-node srun
+#   --cpus N         CPUs each node advertises (default: max(nproc, 2); more than the machine has is allowed)
 #   --no-install     fail instead of running apt-get when a binary is missing
 #
 # Nothing outside DIR is written except by apt-get: the cluster uses its own munged (own key and socket, via
-# AuthInfo=socket=...), free TCP ports chosen at `up`, and SLURM_CONF instead of /etc/slurm/slurm.conf, so it does
-# not touch a system SLURM or munge.  The node is called `localhost` (slurmd -N), the partition `debug`.
+# AuthInfo=socket=...), free TCP ports chosen at `up`, and SLURM_CONF instead of /etc/slurm/slurm.conf, so it
+# does not touch a system SLURM or munge.  Nodes: node1..nodeN (slurmd -N nodeK), NodeAddr=127.0.0.1, one port
+# each; partition `debug`.
 set -euo pipefail
 
 CMD="${1:-}"
 [ $# -gt 0 ] && shift
 STATE="${DIVE_SLURM_DIR:-/tmp/open_clip_dive-slurm}"
+NODES="${DIVE_SLURM_NODES:-2}"
 CPUS=""
 INSTALL=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --state-dir) STATE="$2"; shift 2 ;;
+        --nodes) NODES="$2"; shift 2 ;;
         --cpus) CPUS="$2"; shift 2 ;;
         --no-install) INSTALL=0; shift ;;
         *) echo "slurm_cluster.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
+[[ "$NODES" =~ ^[1-9][0-9]*$ ]] || { echo "slurm_cluster.sh: --nodes must be a positive integer" >&2; exit 2; }
 case "$STATE" in /*) ;; *) STATE="$(pwd)/$STATE" ;; esac
 CONF="$STATE/slurm.conf"
 MUNGE_DIR="$STATE/munge"
@@ -64,13 +70,18 @@ stop_pid() {  # stop_pid FILE NAME
 }
 
 free_port() {
-    python3 - <<'EOF'
+    python3 - <<'PY'
 import socket
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])
 s.close()
-EOF
+PY
+}
+
+node_names() {  # the nodes in DIR/slurm.conf (those of the cluster as it was written, not --nodes)
+    [ -f "$CONF" ] || return 0
+    sed -n 's/^NodeName=\([^ ]*\) .*/\1/p' "$CONF"
 }
 
 ensure_installed() {
@@ -89,13 +100,12 @@ ensure_installed() {
 }
 
 write_conf() {
-    local cpus="$1" mem ctld_port d_port
-    mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 ))
+    local cpus="$1" mem ctld_port port used k
+    mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2 / NODES ))
     ctld_port="$(free_port)"
-    d_port="$(free_port)"
-    while [ "$d_port" = "$ctld_port" ]; do d_port="$(free_port)"; done
+    used=" $ctld_port "
     cat > "$CONF" <<EOF
-# Written by scripts/slurm_cluster.sh: a one-node test cluster on localhost.
+# Written by scripts/slurm_cluster.sh: a test cluster of $NODES node(s), all on this machine.
 ClusterName=dive
 SlurmctldHost=localhost
 SlurmUser=root
@@ -107,7 +117,6 @@ MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SwitchType=switch/none
-LaunchParameters=use_interactive_step
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
@@ -119,22 +128,27 @@ KillWait=10
 MinJobAge=600
 MessageTimeout=30
 StateSaveLocation=$STATE/state
-SlurmdSpoolDir=$STATE/spool
+SlurmdSpoolDir=$STATE/spool-%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/slurmctld.log
-SlurmdLogFile=$STATE/slurmd.log
+SlurmdLogFile=$STATE/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 SlurmctldPort=$ctld_port
-SlurmdPort=$d_port
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$STATE/jobcomp.txt
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
+    for k in $(seq 1 "$NODES"); do
+        port="$(free_port)"
+        while [[ "$used" == *" $port "* ]]; do port="$(free_port)"; done
+        used="$used$port "
+        echo "NodeName=node$k NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=$port CPUs=$cpus RealMemory=$mem State=UNKNOWN" >> "$CONF"
+        mkdir -p "$STATE/spool-node$k"
+    done
+    echo "PartitionName=debug Nodes=node[1-$NODES] Default=YES MaxTime=INFINITE State=UP" >> "$CONF"
 }
 
 start_munge() {
@@ -157,48 +171,72 @@ start_munge() {
     die "munged started but does not answer on $SOCKET; see $MUNGE_DIR/munged.log"
 }
 
+daemons_alive() {
+    local n any=0
+    pid_alive "$STATE/slurmctld.pid" && pid_alive "$MUNGE_DIR/munged.pid" || return 1
+    for n in $(node_names); do
+        pid_alive "$STATE/slurmd-$n.pid" || return 1
+        any=1
+    done
+    [ "$any" = 1 ]
+}
+
+stop_slurmds() {
+    local f
+    for f in "$STATE"/slurmd-*.pid; do
+        [ -e "$f" ] || continue
+        stop_pid "$f" "slurmd $(basename "$f" .pid | cut -d- -f2-)"
+    done
+}
+
+wait_idle() {  # every node idle (or running jobs)
+    local i n state ready
+    for i in $(seq 1 150); do
+        ready=1
+        for n in $(node_names); do
+            state="$(sinfo -h -n "$n" -o %T 2>/dev/null || true)"
+            case "$state" in
+                idle*|mixed*|allocated*) ;;
+                drain*|down*) ready=0; scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true ;;
+                *) ready=0 ;;
+            esac
+        done
+        [ "$ready" = 1 ] && return 0
+        sleep 0.2
+    done
+    die "the nodes did not become idle within 30 s ($n: '${state:-?}'); see $STATE/slurmctld.log and $STATE/slurmd-*.log"
+}
+
 cmd_up() {
     [ "$(id -u)" = 0 ] || die "this test cluster runs its daemons as root; run as root" 2
     ensure_installed
-    mkdir -p "$STATE/state" "$STATE/spool"
-    if pid_alive "$STATE/slurmctld.pid" && pid_alive "$STATE/slurmd.pid" && pid_alive "$MUNGE_DIR/munged.pid"; then
+    mkdir -p "$STATE/state"
+    export SLURM_CONF="$CONF"
+    if daemons_alive; then
         log "already running from $STATE"
-        export SLURM_CONF="$CONF"
         wait_idle
         return 0
     fi
     # A partial cluster (e.g. one daemon died) is restarted from scratch.
-    stop_pid "$STATE/slurmd.pid" slurmd
+    stop_slurmds
     stop_pid "$STATE/slurmctld.pid" slurmctld
     if [ -z "$CPUS" ]; then CPUS="$(nproc)"; [ "$CPUS" -lt 2 ] && CPUS=2; fi
     write_conf "$CPUS"
     start_munge
-    export SLURM_CONF="$CONF"
     # -c: start with a clean state (no jobs left from an earlier run of this state dir).
     slurmctld -c -f "$CONF" || die "slurmctld failed to start; see $STATE/slurmctld.log"
-    slurmd -N localhost -f "$CONF" || die "slurmd failed to start; see $STATE/slurmd.log"
-    wait_idle
-    log "up: SLURM_CONF=$CONF (slurmctld $(cat "$STATE/slurmctld.pid"), slurmd $(cat "$STATE/slurmd.pid"), munged $(cat "$MUNGE_DIR/munged.pid"))"
-}
-
-wait_idle() {
-    local i state
-    for i in $(seq 1 150); do
-        state="$(sinfo -h -n localhost -o %T 2>/dev/null || true)"
-        case "$state" in
-            idle*|mixed*|allocated*) return 0 ;;
-            drain*|down*)
-                scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true ;;
-        esac
-        sleep 0.2
+    local n
+    for n in $(node_names); do
+        slurmd -N "$n" -f "$CONF" || die "slurmd -N $n failed to start; see $STATE/slurmd-$n.log"
     done
-    die "the node did not become idle within 30 s (state: '${state:-?}'); see $STATE/slurmctld.log and $STATE/slurmd.log"
+    wait_idle
+    log "up: SLURM_CONF=$CONF; nodes: $(node_names | tr '\n' ' ')(slurmctld $(cat "$STATE/slurmctld.pid"), munged $(cat "$MUNGE_DIR/munged.pid"))"
 }
 
 cmd_down() {
     if [ -f "$CONF" ]; then
         export SLURM_CONF="$CONF"
-        # Cancel what is still queued or running, so that slurmd does not leave job processes behind.
+        # Cancel what is still queued or running, so that no job processes are left behind.
         if pid_alive "$STATE/slurmctld.pid"; then
             timeout 10 scancel --full --quiet --user=root >/dev/null 2>&1 || true
             local i
@@ -208,14 +246,16 @@ cmd_down() {
             done
         fi
     fi
-    stop_pid "$STATE/slurmd.pid" slurmd
+    stop_slurmds
     stop_pid "$STATE/slurmctld.pid" slurmctld
     stop_pid "$MUNGE_DIR/munged.pid" munged
 }
 
 cmd_status() {
-    local ok=0 f
-    for f in "$STATE/slurmctld.pid" "$STATE/slurmd.pid" "$MUNGE_DIR/munged.pid"; do
+    local ok=0 f n files=("$STATE/slurmctld.pid" "$MUNGE_DIR/munged.pid")
+    for n in $(node_names); do files+=("$STATE/slurmd-$n.pid"); done
+    [ -f "$CONF" ] || { echo "no cluster in $STATE"; return 1; }
+    for f in "${files[@]}"; do
         if pid_alive "$f"; then echo "$(basename "$f" .pid): $(tr -dc 0-9 < "$f")"; else echo "$(basename "$f" .pid): not running"; ok=1; fi
     done
     if [ "$ok" = 0 ]; then SLURM_CONF="$CONF" sinfo || ok=1; fi

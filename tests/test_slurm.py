@@ -1,13 +1,12 @@
 """launch_scripts/slurm_dive.sbatch against a real SLURM (munged + slurmctld + slurmd on localhost).
 
 Each test submits the project's own sbatch script with sbatch, CPU override: DIVE_DEVICE=cpu and
-`sbatch --gpus-per-node=0 --ntasks-per-node=2 --cpus-per-task=1`.
+`sbatch --gpus-per-node=0 --nodes=N --ntasks-per-node=M --cpus-per-task=1`.  The cluster has two nodes (two
+slurmd on this machine), so `--nodes=2` is a real multi-node srun.
 """
 
 import os
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -20,7 +19,9 @@ from cluster.slurm import slurm_cluster  # noqa: F401  (fixture)
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(900)]
 
 SBATCH = os.path.join(LAUNCH, "slurm_dive.sbatch")
-CPU_OPTIONS = ["--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=15"]
+CPU_OPTIONS = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=15"]
+ONE_NODE = ["--nodes=1", "--ntasks-per-node=2"]
+TWO_NODES = ["--nodes=2", "--ntasks-per-node=1"]
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,10 @@ def data(tmp_path_factory):
     return make_tiny_data(str(tmp_path_factory.mktemp("slurmdata")), id_per_shard=64)
 
 
-def submit(cluster, data, logs, name, epochs=1, extra_env=None, options=()):
+def submit(cluster, data, logs, name, layout, epochs=1, extra_env=None, options=()):
     env = launcher_env(**recipe_env(data, logs, name, epochs=epochs, **(extra_env or {})))
     out = os.path.join(str(logs), f"slurm-{name}-%j.out")
-    job = cluster.sbatch(SBATCH, trainer_extra(data), [*CPU_OPTIONS, f"--output={out}", *options], env=env)
+    job = cluster.sbatch(SBATCH, trainer_extra(data), [*CPU_OPTIONS, *layout, f"--output={out}", *options], env=env)
     return job, out.replace("%j", job)
 
 
@@ -44,13 +45,15 @@ def tail(path, n=4000):
         return f"(no {path})"
 
 
-def test_sbatch_dive_two_tasks_complete_on_disjoint_data(slurm_cluster, data, tmp_path):
-    job, out = submit(slurm_cluster, data, tmp_path, "two")
+@pytest.mark.parametrize("layout, nodes", [(ONE_NODE, "node1"), (TWO_NODES, "node[1-2]")], ids=["1x2", "2x1"])
+def test_sbatch_dive_two_tasks_complete_on_disjoint_data(slurm_cluster, data, tmp_path, layout, nodes):
+    job, out = submit(slurm_cluster, data, tmp_path, "two", layout)
     info = slurm_cluster.wait(job, timeout=400)
     assert info["JobState"] == "COMPLETED", tail(out)
     assert info["ExitCode"] == "0:0"
+    assert info["NodeList"] == nodes and info["NumTasks"] == "2"
     log = tail(out, 100000)
-    assert "2 tasks on localhost" in log and "MASTER_ADDR=localhost" in log
+    assert f"2 tasks on {nodes}," in log and "MASTER_ADDR=127.0.0.1" in log
     run = tmp_path / "two"
     assert "Running in distributed mode" in (run / "out.log").read_text()
     assert_disjoint_shards(run, 2, num_samples=data["num_samples"])
@@ -59,9 +62,10 @@ def test_sbatch_dive_two_tasks_complete_on_disjoint_data(slurm_cluster, data, tm
 
 
 def test_usr1_checkpoints_requeues_and_resumes_like_an_uninterrupted_run(slurm_cluster, data, tmp_path):
-    """scancel --signal=USR1 mid-epoch: the ranks finish the step, rank 0 writes epoch_0_step_S.pt, all exit 75,
-    the script requeues the job, SLURM restarts it with the same job id, --resume latest continues mid-epoch."""
-    reference, ref_out = submit(slurm_cluster, data, tmp_path, "straight", epochs=2)
+    """scancel --signal=USR1 mid-epoch, on a job of two nodes: the ranks finish the step, rank 0 writes
+    epoch_0_step_S.pt, all exit 75, the script requeues the job, SLURM restarts it with the same job id,
+    --resume latest continues mid-epoch and the run ends where an uninterrupted one ends."""
+    reference, ref_out = submit(slurm_cluster, data, tmp_path, "straight", TWO_NODES, epochs=2)
     info = slurm_cluster.wait(reference, timeout=400)
     assert info["JobState"] == "COMPLETED", tail(ref_out)
 
@@ -72,7 +76,7 @@ def test_usr1_checkpoints_requeues_and_resumes_like_an_uninterrupted_run(slurm_c
     whole = (tmp_path / "straight" / "checkpoints" / "epoch_1.pt").read_bytes()
     (run / "checkpoints" / "epoch_1_step_3.pt").write_bytes(whole[: len(whole) // 2])
 
-    job, out = submit(slurm_cluster, data, tmp_path, "preempted", epochs=2)
+    job, out = submit(slurm_cluster, data, tmp_path, "preempted", TWO_NODES, epochs=2)
 
     def some_steps_done(info):  # wait for rank 0 to record ~5 steps (4 samples a step), then signal
         try:
@@ -115,7 +119,7 @@ def test_srun_without_master_addr_fails_with_a_clear_line(slurm_cluster, data, t
     args = ["--dive-model-config", data["config"], "--model", "dive-tiny", "--train-data", data["id"],
             "--classnames", data["classnames"], "--loss", "flyp", "--batch-size", "4", "--epochs", "1",
             "--device", "cpu", "--precision", "fp32", "--workers", "0", "--logs", tmp_path, "--report-to", "none"]
-    result = run_launcher(["srun", "-n2", "--cpus-per-task=1", "--gpus-per-node=0", sys.executable, "-m",
+    result = run_launcher(["srun", "-N2", "-n2", "--cpus-per-task=1", "--gpus-per-node=0", sys.executable, "-m",
                            "open_clip_dive.main", *args], env, timeout=180)
     assert result.returncode != 0
     assert "MASTER_ADDR" in result.stdout, result.stdout[-3000:]
