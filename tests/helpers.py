@@ -72,7 +72,9 @@ def write_shards(directory, prefix="shard", num_shards=2, per_shard=16, num_clas
 
 def subprocess_env(**extra):
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
+    # DIVE_TEST_OPEN_CLIP_PATH: a patched open_clip (scripts/check_patches.sh --test) comes first on the path
+    paths = [p for p in (os.environ.get("DIVE_TEST_OPEN_CLIP_PATH"), REPO) if p]
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(paths))
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
