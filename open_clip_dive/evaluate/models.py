@@ -49,11 +49,15 @@ def _trained_with(checkpoint: str) -> Optional[str]:
 def load_model(label: str, model_name: str, pretrained: Optional[str], device="cpu") -> LoadedModel:
     import open_clip
 
+    checkpoint_over_local_dir = None
     if pretrained and pretrained.startswith("local-dir:"):
         model_name, pretrained = pretrained, None  # the folder carries its own config
     elif pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth"))):
         if not os.path.isfile(pretrained):
             raise ModelError(f"run '{label}': checkpoint '{pretrained}' does not exist")
+    if pretrained and model_name.startswith(("local-dir:", "hf-hub:")):
+        # open_clip ignores `pretrained` for schema models: build from the folder, then load the checkpoint
+        checkpoint_over_local_dir, pretrained = pretrained, None
     known = model_name.startswith(("local-dir:", "hf-hub:")) or model_name in open_clip.list_models()
     if not known:
         raise ModelError(f"run '{label}': unknown model '{model_name}'; see open_clip.list_models(), or register a "
@@ -61,6 +65,9 @@ def load_model(label: str, model_name: str, pretrained: Optional[str], device="c
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name, pretrained=pretrained, device=device, precision="fp32")  # amp: autocast over fp32 weights
+        if checkpoint_over_local_dir:
+            open_clip.load_checkpoint(model, checkpoint_over_local_dir, device=device)
+            pretrained = checkpoint_over_local_dir
     except RuntimeError as e:
         text = str(e)
         if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:

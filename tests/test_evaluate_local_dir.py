@@ -1,0 +1,28 @@
+"""A fine-tuned checkpoint of a `local-dir:` model is evaluated with the checkpoint's weights (open_clip ignores
+`pretrained` for schema models, so the folder's own weights would silently be scored instead)."""
+
+import json
+
+import open_clip
+import torch
+from safetensors.torch import save_file
+
+from helpers import TINY_MODEL_CFG
+from open_clip_dive.evaluate.models import load_model
+
+
+def test_checkpoint_over_local_dir_model(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_MODEL_CFG, "preprocess_cfg": {}}))
+    torch.manual_seed(0)
+    base = open_clip.model.CLIP(**TINY_MODEL_CFG)
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    tuned = {k: v + 1.0 if v.is_floating_point() else v for k, v in base.state_dict().items()}
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in tuned.items()}}, tmp_path / "epoch_1.pt")
+
+    pre = load_model("pretrained", f"local-dir:{folder}", f"local-dir:{folder}")
+    fine = load_model("ft", f"local-dir:{folder}", str(tmp_path / "epoch_1.pt"))
+    key = "visual.conv1.weight"
+    assert torch.equal(pre.model.state_dict()[key], base.state_dict()[key])
+    assert torch.equal(fine.model.state_dict()[key], tuned[key])
