@@ -54,6 +54,11 @@ def plugin_parser() -> argparse.ArgumentParser:
                    help="Reference images get the training augmentation (default) or open_clip's deterministic "
                         "eval transform (--no-dive-ref-augment).")
 
+    g.add_argument("--dive-bn-eval", action=argparse.BooleanOptionalAction, default=None,
+                   help="Keep BatchNorm layers of the trainable model in eval mode (pre-trained statistics, not "
+                        "updated). Default: on for losses with the frozen model, whose difference vectors must "
+                        "measure the weights' change, not train- vs eval-mode normalisation; off otherwise.")
+
     g = parser.add_argument_group("class-labelled ID data (open_clip_dive)")
     g.add_argument("--classnames", default=None,
                    help="Class names for ID shards with 'cls' labels: 'imagenet' or a file (JSON list, JSON "

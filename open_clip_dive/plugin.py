@@ -52,6 +52,12 @@ class Run:
         self._rng_states = []
 
     # --- preemption -------------------------------------------------------------------------------
+    @property
+    def bn_eval(self) -> bool:
+        if self.args.dive_bn_eval is not None:
+            return self.args.dive_bn_eval
+        return self.loss is not None and needs_frozen(self.loss)
+
     def install_signal_handlers(self):
         spec = self.args.dive_preempt_signals
         if spec.lower() == "none":

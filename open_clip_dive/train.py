@@ -157,8 +157,17 @@ class TrainingStep:
             optimizer.step()
 
 
-def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run, tb_writer=None):
+def set_train_mode(model, bn_eval: bool):
+    """model.train(), with BatchNorm layers left in eval mode when `bn_eval` (statistics kept as pre-trained)."""
     model.train()
+    if bn_eval:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run, tb_writer=None):
+    set_train_mode(model, run.bn_eval)
     loss.train()
     if args.distill:
         dist_model.eval()

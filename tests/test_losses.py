@@ -139,3 +139,16 @@ def test_third_party_loss_by_import_path_and_duplicate_registration():
         loss_entrypoint("no_such_pkg.mod:factory")
     with pytest.raises(ValueError, match="already registered"):
         register_loss("dive")(lambda args: None)
+
+
+def test_batchnorm_stays_in_eval_mode_when_asked():
+    from open_clip_dive.train import set_train_mode
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.1))
+    set_train_mode(model, bn_eval=True)
+    assert model.training and model[2].training and not model[1].training
+    before = model[1].running_mean.clone()
+    model(torch.randn(2, 3, 8, 8))
+    assert torch.equal(model[1].running_mean, before)  # pre-trained statistics untouched
+    set_train_mode(model, bn_eval=False)
+    assert model[1].training
