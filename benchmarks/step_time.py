@@ -168,7 +168,7 @@ class Trainer:
         for _ in range(steps):
             synchronize(self.args_flyp.device)
             start = self.clock()
-            step_fn._optimizer_step(self.optimizer, self.scaler)
+            step_fn.optimizer_step(self.optimizer, self.scaler)
             synchronize(self.args_flyp.device)
             times.append(self.clock() - start)
         return times

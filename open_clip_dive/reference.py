@@ -27,7 +27,9 @@ class FrozenReference(nn.Module):
     @torch.no_grad()
     def forward(self, images, texts):
         param = next(self.model.parameters())
-        out = self.model(images.to(device=param.device, dtype=self.dtype), texts.to(param.device))
+        # outside the trainer's autocast: the embeddings come in the precision chosen by --dive-ref-precision
+        with torch.autocast(device_type=param.device.type, enabled=False):
+            out = self.model(images.to(device=param.device, dtype=self.dtype), texts.to(param.device))
         if not isinstance(out, dict):
             out = {"image_features": out[0], "text_features": out[1]}
         return out["image_features"], out["text_features"]

@@ -128,14 +128,14 @@ class TrainingStep:
             for j, (batch, ref) in enumerate(micro_batches):
                 losses, logit_scale = self.forward(batch, ref, cached, j)
                 self._backward(losses, len(micro_batches))
-        self._optimizer_step(optimizer, scaler)
+        self.optimizer_step(optimizer, scaler)
         if hasattr(self.loss, "on_optimizer_step"):
             self.loss.on_optimizer_step()
         with torch.no_grad():  # clamp to ln(100), as open_clip (and CLIP) do
             unwrap_model(self.model).logit_scale.clamp_(0, math.log(100))
         return losses, logit_scale
 
-    def _optimizer_step(self, optimizer, scaler):
+    def optimizer_step(self, optimizer, scaler):
         args, params = self.args, self.model.parameters()
         if scaler is not None:
             if args.horovod:
