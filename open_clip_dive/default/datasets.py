@@ -42,13 +42,14 @@ class MissingPackageError(DiveUsageError):
     """A packaged dataset or weight file is not installed; the message names the command that fixes it."""
 
 
+def _xdg_root() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                        "open_clip_dive")
+
+
 def cache_root() -> str:
     """`$OPEN_CLIP_DIVE_CACHE`, else `${XDG_CACHE_HOME:-~/.cache}/open_clip_dive`."""
-    root = os.environ.get("OPEN_CLIP_DIVE_CACHE")
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-                            "open_clip_dive")
-    return os.path.abspath(root)
+    return os.path.abspath(os.environ.get("OPEN_CLIP_DIVE_CACHE") or _xdg_root())
 
 
 def _package_dir(module: str, pip_spec: str, what: str) -> str:
@@ -161,14 +162,16 @@ def emoji_dir(style: str) -> str:
     if style not in ("google", "twitter"):
         raise ValueError(f"emoji style must be 'google' or 'twitter', not {style!r}")
     name = f"emoji-datasource-{style}-{EMOJI_VERSION}"
-    roots = [os.environ.get("OPEN_CLIP_DIVE_EMOJI_DIR"), os.path.join(cache_root(), "npm")]
+    roots = [os.environ.get("OPEN_CLIP_DIVE_EMOJI_DIR"), os.path.join(cache_root(), "npm"),
+             os.path.join(_xdg_root(), "npm")]
     for root in [r for r in roots if r]:
         d = os.path.join(root, name, "package")
         if os.path.isfile(os.path.join(d, "emoji.json")):
             return d
     raise MissingPackageError(
         f"emoji images ({style}) are not unpacked under {os.path.join(cache_root(), 'npm')}: run `{INSTALL_ALL}` "
-        f"(it runs `npm pack emoji-datasource-{style}@{EMOJI_VERSION}` and unpacks the tarball there)")
+        f"(it runs `npm pack emoji-datasource-{style}@{EMOJI_VERSION}` and unpacks the tarball there; or set "
+        f"OPEN_CLIP_DIVE_EMOJI_DIR to a folder holding {name}/package/emoji.json)")
 
 
 def emoji_records(style: str = "google", skin_tones: bool = False) -> List[Dict]:

@@ -1,0 +1,162 @@
+"""The embedded default's data: packaged datasets -> shards (a tiny build), and the missing-package messages."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import REPO, run_module, test_env
+from open_clip_dive.default import datasets as D
+
+
+def require_default_packages():
+    try:
+        D.require_all()
+    except D.MissingPackageError as e:
+        pytest.skip(f"packaged data not installed ({e}); `bash scripts/install_default_data.sh` installs it")
+
+
+def test_missing_package_messages_name_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPEN_CLIP_DIVE_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(D.MissingPackageError, match="apt-get install -y dataset-fashion-mnist"):
+        D.fashion_mnist("test")
+    with pytest.raises(D.MissingPackageError, match=r"pip install --no-deps no-such-pkg==1\.0"):
+        D._package_dir("no_such_module_for_test", "no-such-pkg==1.0", "a thing")
+    monkeypatch.setenv("OPEN_CLIP_DIVE_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    monkeypatch.delenv("OPEN_CLIP_DIVE_EMOJI_DIR", raising=False)
+    with pytest.raises(D.MissingPackageError, match="install_default_data.sh.*npm pack emoji-datasource-twitter"):
+        D.emoji_dir("twitter")
+    errors = D.check(stream=io.StringIO())
+    assert any("Fashion-MNIST" in e for e in errors) and any("emoji" in e for e in errors)
+    from open_clip_dive.default.data import build_default_data
+
+    with pytest.raises(D.MissingPackageError, match="apt-get install"):
+        build_default_data(str(tmp_path / "d"), limit=5, progress=False)
+
+
+def test_missing_package_cli_exit_code(tmp_path):
+    env = test_env(OPEN_CLIP_DIVE_FASHION_MNIST=tmp_path, OPEN_CLIP_DIVE_CACHE=tmp_path / "c")
+    r = run_module("open_clip_dive.default.datasets", ["--check"], cwd=REPO, env=env)
+    assert r.returncode == 1
+    assert "MISSING  Fashion-MNIST" in r.stdout and "apt-get install -y dataset-fashion-mnist" in r.stdout
+    r = run_module("open_clip_dive.default.data", ["--root", tmp_path / "d", "--limit", 3, "-q"], cwd=REPO, env=env)
+    assert r.returncode == 2 and "apt-get install -y dataset-fashion-mnist" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_loaders():
+    require_default_packages()
+    for fn, n, shape in ((lambda: D.fashion_mnist("test"), 10000, (28, 28)), (D.animal_mnist, 10000, (28, 28)),
+                         (D.mnist_5k, 5000, (28, 28)), (D.uci_digits, 1797, (8, 8))):
+        x, y, names = fn()
+        assert x.shape == (n,) + shape and x.dtype == np.uint8 and x.max() > 200
+        assert y.shape == (n,) and set(np.unique(y)) == set(range(10)) and len(names) == 10
+    recs = D.emoji_records("twitter")
+    assert len(recs) == 1906 and {r["category_index"] for r in recs} == set(range(9))
+    assert D.load_emoji_image(recs[0]["path"]).shape == (64, 64, 3)
+
+
+def _samples(pattern):
+    import webdataset as wds
+
+    return list(wds.WebDataset(pattern, shardshuffle=False))
+
+
+def test_tiny_default_data(tmp_path):
+    require_default_packages()
+    from open_clip_dive.default.data import build_default_data, get_default_data
+
+    root = tmp_path / "data"
+    layout = build_default_data(str(root), limit=12, processes=2, progress=False)
+    assert set(layout["ood"]) == {"fashion-mnist-c-gaussian-noise", "fashion-mnist-c-defocus-blur",
+                                  "fashion-mnist-c-snow", "fashion-mnist-c-contrast", "fashion-mnist-inverted"}
+    assert set(layout["zeroshot"]) == set(layout["zeroshot_dev"]) == {"animal-mnist", "mnist", "uci-digits",
+                                                                      "emoji-twitter"}
+    assert all(0 < n <= 12 for n in layout["num_samples"].values())
+    train = _samples(layout["id_train"])
+    assert len(train) == 12 and all(set(s) >= {"__key__", "png", "cls"} for s in train)
+    assert json.load(open(layout["classnames"]))[0] == "t-shirt"
+    noisy = _samples(layout["ood"]["fashion-mnist-c-gaussian-noise"])
+    assert Image.open(io.BytesIO(noisy[0]["png"])).size == (96, 96)
+    # the inverted set holds the same images as the corrupted ones (the same 2,000 test images), negated
+    inv = _samples(layout["ood"]["fashion-mnist-inverted"])
+    assert [s["cls"] for s in inv] == [s["cls"] for s in noisy]
+    ref = _samples(layout["reference"])
+    assert ref and all("txt" in s and "cls" not in s for s in ref)
+    assert not os.path.exists(os.path.join(os.path.dirname(layout["reference"]), "classnames.json"))
+    emoji = _samples(layout["zeroshot"]["emoji-twitter"])
+    assert Image.open(io.BytesIO(emoji[0]["png"])).size == (64, 64)
+
+    # dev and test splits of a zero-shot set are disjoint; the reference captions never name a category
+    dev = {s["png"] for s in _samples(layout["zeroshot_dev"]["animal-mnist"])}
+    assert not dev & {s["png"] for s in _samples(layout["zeroshot"]["animal-mnist"])}
+    cats = {c.lower() for c in D.EMOJI_CATEGORIES}
+    assert not any(s["txt"].decode().lower() in cats for s in ref)
+
+    # the suite files load in the evaluator
+    from open_clip_dive.evaluate.suites import load_suite_file
+
+    specs = load_suite_file(layout["suite"])
+    assert [s.group for s in specs].count("id") == 1 and [s.group for s in specs].count("zeroshot") == 4
+    assert all(os.path.isfile(p) for s in specs for p in _expand(s.path))
+    assert specs[0].templates == json.load(open(layout["templates"]))
+    val = load_suite_file(layout["suite_val"])
+    assert {s.name for s in val} == {"fashion-mnist-val", "animal-mnist-dev", "mnist-dev", "uci-digits-dev",
+                                     "emoji-twitter-dev"}
+
+    # built once: a second call returns the same layout from BUILD.json; another root gives the same bytes
+    assert get_default_data(str(root), limit=12) == layout
+    again = build_default_data(str(tmp_path / "again"), limit=12, processes=1, progress=False)
+    for key in ("id_train", "reference"):
+        assert _bytes(layout[key]) == _bytes(again[key])
+    assert _bytes(layout["ood"]["fashion-mnist-c-snow"]) == _bytes(again["ood"]["fashion-mnist-c-snow"])
+
+
+def _expand(pattern):
+    import braceexpand
+
+    return list(braceexpand.braceexpand(pattern))
+
+
+def _bytes(pattern):
+    return [open(p, "rb").read() for p in _expand(pattern)]
+
+
+def test_interrupted_build_resumes(tmp_path, monkeypatch):
+    require_default_packages()
+    from open_clip_dive.default import data as data_mod
+
+    real = data_mod.write_array_shards
+    calls = {"n": 0}
+
+    def dying(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(data_mod, "write_array_shards", dying)
+    with pytest.raises(KeyboardInterrupt):
+        data_mod.build_default_data(str(tmp_path / "d"), limit=6, processes=1, progress=False)
+    assert not (tmp_path / "d" / "BUILD.json").exists()
+    monkeypatch.setattr(data_mod, "write_array_shards", real)
+    layout = data_mod.build_default_data(str(tmp_path / "d"), limit=6, processes=1, progress=False)
+    assert layout["num_samples"]["fashion-mnist-test"] == 6 and (tmp_path / "d" / "BUILD.json").exists()
+
+
+def test_data_cli_get(tmp_path):
+    require_default_packages()
+    r = run_module("open_clip_dive.default.data", ["--root", tmp_path / "d", "--limit", 4, "-q", "--get", "id_train"],
+                   cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "d" / "fashion-mnist-train" / "fashion-mnist-train-000000.tar")
+    r = run_module("open_clip_dive.default.data", ["--root", tmp_path / "d", "--limit", 4, "-q", "--get",
+                                                   "ood.fashion-mnist-c-snow"], cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip().endswith("fashion-mnist-c-snow-000000.tar")
+    r = run_module("open_clip_dive.default.data", ["--root", tmp_path / "d", "--limit", 4, "-q", "--get", "nope"],
+                   cwd=REPO)
+    assert r.returncode == 2 and "no entry 'nope'" in r.stderr
