@@ -146,6 +146,14 @@ def test_interrupted_build_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(data_mod, "write_array_shards", real)
     layout = data_mod.build_default_data(str(tmp_path / "d"), limit=6, processes=1, progress=False)
     assert layout["num_samples"]["fashion-mnist-test"] == 6 and (tmp_path / "d" / "BUILD.json").exists()
+    # a set deleted by hand is rebuilt by the next call; the others are kept
+    import shutil
+
+    shutil.rmtree(tmp_path / "d" / "mnist-dev")
+    kept = os.path.getmtime(tmp_path / "d" / "fashion-mnist-test" / "sizes.json")
+    assert data_mod.get_default_data(str(tmp_path / "d"), limit=6, progress=False) == layout
+    assert (tmp_path / "d" / "mnist-dev" / "sizes.json").exists()
+    assert os.path.getmtime(tmp_path / "d" / "fashion-mnist-test" / "sizes.json") == kept
 
 
 def test_data_cli_get(tmp_path):

@@ -265,10 +265,14 @@ def build_default_data(root: Optional[str] = None, *, limit: Optional[int] = Non
         if os.path.isfile(build_file) and not only:
             with open(build_file) as f:
                 done = json.load(f)
-            if done.get("identity") == ident:
+            complete = all(os.path.isfile(os.path.join(root, n, "sizes.json")) for n in done["layout"]["num_samples"])
+            if done.get("identity") == ident and complete:
                 return done["layout"]
-            _log(f"{root} was built by another version of the recipe; rebuilding")
-            shutil.rmtree(root)
+            if done.get("identity") == ident:  # a set was deleted by hand: build what is missing
+                os.remove(build_file)
+            else:
+                _log(f"{root} was built by another version of the recipe; rebuilding")
+                shutil.rmtree(root)
         if not only:
             D.require_all()
         os.makedirs(root, exist_ok=True)

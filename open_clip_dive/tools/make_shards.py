@@ -229,9 +229,7 @@ _WORKER_OPT: Optional[_Options] = None
 
 def _init_worker(opt: _Options) -> None:
     global _WORKER_OPT
-    _WORKER_OPT = opt
-    if "torch" in sys.modules:  # keep each worker on one thread: the parallelism is across processes
-        sys.modules["torch"].set_num_threads(1)
+    _WORKER_OPT = opt  # workers only encode images (PIL / numpy): nothing here touches torch or OpenMP
 
 
 def _run_job(job: _Job):
