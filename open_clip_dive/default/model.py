@@ -235,9 +235,10 @@ def relocate(model_dir: str) -> bool:
     if text.get("hf_model_name") == here and text.get("hf_tokenizer_name") == here:
         return False
     text["hf_model_name"] = text["hf_tokenizer_name"] = here
-    with open(path + ".tmp", "w") as f:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
         json.dump(cfg, f, indent=2)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
     return True
 
 
