@@ -16,12 +16,12 @@ from typing import Dict, List, Optional
 class Recipe:
     """Fine-tuning settings in miniature (the paper: AdamW, cosine, 500 warmup steps, lr 1e-5, wd 0.1)."""
 
-    steps: int = 150
+    steps: int = 80
     batch_size: int = 32
     ref_batch_size: int = 32
-    lr: float = 5e-5
+    lr: float = 1e-4
     wd: float = 0.1
-    warmup: int = 15
+    warmup: int = 8
     templates: Optional[str] = None  # default: the ID task's templates.json
     workers: int = 1
     seed: int = 0

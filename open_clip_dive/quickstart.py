@@ -27,7 +27,8 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     p.add_argument("--dive-weight", type=float, default=QUICKSTART_DIVE_WEIGHT,
                    help="AVL and PVL weight for the DiVE run")
-    p.add_argument("--max-eval-samples", type=int, default=None, help="cap every evaluation set (quick look)")
+    p.add_argument("--max-eval-samples", type=int, default=1000,
+                   help="evaluate the first N samples of every set (each set is stored in a seeded random order)")
     p.add_argument("--tiny", action="store_true",
                    help="a smoke run: tiny model and data built in seconds, a few steps (what the tests run)")
     return p.parse_args(argv)
