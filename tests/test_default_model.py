@@ -76,9 +76,9 @@ def test_tiny_build_has_zero_shot_ability(tiny_model, tmp_path):
         idx = np.random.default_rng(0).permutation(len(x))[:400]
         res = write_array_shards(x[idx], y[idx], names, str(tmp_path / name), progress=False)
         results[name] = zero_shot_accuracy(model, preprocess, tokenizer, res.pattern, names, TEMPLATES[tmpl])
-    # chance is 0.10; at n = 400 one standard error is about 0.015-0.02
-    assert results["fashion"]["top1"] > 0.16, results
-    assert results["mnist"]["top1"] > 0.16, results
+    # chance is 0.10 (one standard error at n = 400: 0.015); this machine measured 0.19 and 0.30
+    assert results["fashion"]["top1"] > 0.14, results
+    assert results["mnist"]["top1"] > 0.20, results
 
 
 def test_relocate_and_identity(tiny_model, tmp_path):
