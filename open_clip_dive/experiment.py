@@ -2,7 +2,6 @@
 the mini benchmark. Each training run is `python -m open_clip_dive.main`, each evaluation
 `python -m open_clip_dive.evaluate`, as a user would type them; the exact commands are kept."""
 
-import json
 import os
 import shlex
 import subprocess

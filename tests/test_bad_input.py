@@ -1,11 +1,8 @@
 """Bad input stops before training with one clear line naming the flag or file; corrupt samples are skipped."""
 
-import io
 import json
-import os
 
 import pytest
-import webdataset as wds
 
 from helpers import TINY_MODEL, write_shards
 from open_clip_dive.main import main

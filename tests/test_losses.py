@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from open_clip_dive.errors import DiveUsageError
-from open_clip_dive.losses import (DifferenceVectorEMA, DiVELoss, create_loss, is_loss, list_losses, loss_entrypoint,
+from open_clip_dive.losses import (DiVELoss, create_loss, is_loss, list_losses, loss_entrypoint,
                                    avl_loss, pvl_loss, register_loss, contrastive_loss)
 from open_clip_dive.losses.baselines import ReplayLoss, SnDLoss
 

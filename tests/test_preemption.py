@@ -1,7 +1,6 @@
 """SIGUSR1/SIGTERM: finish the step, checkpoint atomically, exit 75; `--resume latest` continues mid-epoch
 and ends with the same weights as a run that was never interrupted (CPU, --workers 0, deterministic)."""
 
-import os
 import signal
 import subprocess
 import sys

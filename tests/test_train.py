@@ -1,7 +1,6 @@
 """End-to-end runs of `open_clip_dive.main` on tiny shards (CPU, fp32)."""
 
 import csv
-import os
 import re
 import sys
 

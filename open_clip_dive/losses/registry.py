@@ -21,7 +21,6 @@ from ..errors import DiveUsageError
 ENTRY_POINT_GROUP = "open_clip_dive.losses"
 
 _LOSSES: Dict[str, Callable] = {}
-_DEPRECATED: Dict[str, str] = {"flyp_dive": "dive"}  # old name -> new name
 _entry_points_loaded = False
 
 
@@ -65,7 +64,7 @@ def list_losses(filter: str = "") -> List[str]:
 
 def is_loss(name: str) -> bool:
     _load_entry_points()
-    return name in _LOSSES or name in _DEPRECATED
+    return name in _LOSSES
 
 
 def _import_path(name: str) -> Optional[Callable]:
@@ -83,8 +82,6 @@ def _import_path(name: str) -> Optional[Callable]:
 def loss_entrypoint(name: str) -> Callable:
     """The factory for `name`; an unknown name fails with the known names and the close matches."""
     _load_entry_points()
-    if name in _DEPRECATED:
-        name = _DEPRECATED[name]
     if name in _LOSSES:
         return _LOSSES[name]
     if ":" in name:
