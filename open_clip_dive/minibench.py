@@ -31,8 +31,10 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=Recipe.steps)
     p.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     p.add_argument("--select-weights", default="10,100,1000", help="AVL/PVL weights tried on the validation split")
-    p.add_argument("--wise-ft", default="0,0.25,0.5,0.75,1")
-    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--wise-ft", default="0,0.5,1",
+                   help="WiSE-FT mixing weights (0 and 1 reuse the plain results; 0.5 is WiSE-FT's default)")
+    p.add_argument("--max-eval-samples", type=int, default=1000,
+                   help="first N samples of every evaluation set (stored in a seeded random order); 0 = all")
     p.add_argument("--tiny", action="store_true", help="tiny model and data, a few steps (tests)")
     return p.parse_args(argv)
 
@@ -63,29 +65,29 @@ def main(argv=None) -> int:
         return checkpoint_of(work, name)
 
     # 1. select the weight on validation data
-    selection = {}
+    selection, selection_runs = {}, {}
     for weight in [float(w) for w in args.select_weights.split(",")]:
         name = f"select-dive-w{weight:g}"
-        ckpt = train(name, "dive", weight)
+        ckpt = selection_runs[weight] = train(name, "dive", weight)
         out = os.path.join(work, f"eval_{name}")
         run(evaluate_command(model_dir, {name: ckpt}, data["suite_val"], out, rsa_data="fashion-mnist-val",
-                             max_samples=args.max_eval_samples), os.path.join(work, f"eval_{name}.log"), commands)
+                             max_samples=args.max_eval_samples or None), os.path.join(work, f"eval_{name}.log"), commands)
         selection[weight] = _score(os.path.join(out, "results.json"), name)
         print(f"[minibench] selection: weight {weight:g} -> (ID val + ZS dev) / 2 = {selection[weight]:.2f}", flush=True)
     best = max(selection, key=selection.get)
     print(f"[minibench] selected weight {best:g}", flush=True)
 
-    # 2. every method with that weight
+    # 2. every method with that weight (DiVE's selection run already is the DiVE run: same command and seed)
     checkpoints = {}
     for method in METHODS:
         weight = 0.0 if method in ("flyp", "replay") else best
-        checkpoints[method] = train(method, method, weight)
+        checkpoints[method] = selection_runs[best] if method == "dive" else train(method, method, weight)
         print(f"[minibench] trained {method}", flush=True)
 
     # 3. one evaluation on the test splits, with WiSE-FT
     results = os.path.join(work, "test")
     run(evaluate_command(model_dir, checkpoints, data["suite"], results, rsa_data="fashion-mnist",
-                         wise_ft=args.wise_ft, max_samples=args.max_eval_samples),
+                         wise_ft=args.wise_ft, max_samples=args.max_eval_samples or None),
         os.path.join(work, "eval_test.log"), commands)
 
     os.makedirs(args.output, exist_ok=True)

@@ -44,4 +44,6 @@ def test_minibench_runs_every_method(env, tmp_path):
     assert set(results["runs"]) == {"pretrained", "flyp", "avl", "pvl", "dive", "snd", "replay"}
     run = json.loads((tmp_path / "res" / "run.json").read_text())
     assert set(run["selection"]) == {"10", "100"} and run["selected_weight"] in (10.0, 100.0)
-    assert (tmp_path / "res" / "commands.sh").exists()
+    # two selection runs + five methods: the DiVE run with the selected weight is its selection run, not retrained
+    commands = (tmp_path / "res" / "commands.sh").read_text()
+    assert commands.count("open_clip_dive.main") == 2 + 5

@@ -84,7 +84,8 @@ class SuiteEvaluator:
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         for images, y, t in batches:
             with autocast():
-                f = model.encode_image(images.to(self.config.device, dtype=dtype))
+                images = images.to(self.config.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                f = model.encode_image(images)
             feats.append(F.normalize(f.float(), dim=-1).cpu())
             labels.append(y)
             texts.extend(t)
