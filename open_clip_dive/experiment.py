@@ -24,6 +24,9 @@ class Recipe:
     templates: Optional[str] = None  # default: the ID task's templates.json
     workers: int = 1
     seed: int = 0
+    # BatchNorm statistics frozen for every method (the paper's ViTs have none): otherwise FLYP and replay would
+    # re-estimate them on Fashion-MNIST batches while the frozen-model losses keep them (--dive-bn-eval's default)
+    bn_eval: bool = True
     extra: List[str] = field(default_factory=list)
 
 
@@ -56,7 +59,8 @@ def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str
            "--batch-size", str(recipe.batch_size), "--lr", str(recipe.lr), "--wd", str(recipe.wd),
            "--warmup", str(recipe.warmup), "--lr-scheduler", "cosine", "--precision", "fp32", "--device", "cpu",
            "--workers", str(recipe.workers), "--seed", str(recipe.seed), "--logs", out_dir, "--name", name,
-           "--report-to", "none", "--log-every-n-steps", "25", "--save-frequency", "1", "--loss", loss]
+           "--report-to", "none", "--log-every-n-steps", "25", "--save-frequency", "1", "--loss", loss,
+           "--dive-bn-eval" if recipe.bn_eval else "--no-dive-bn-eval"]
     if loss != "flyp":
         cmd += ["--dive-ref-data", data["reference"], "--dive-ref-batch-size", str(recipe.ref_batch_size),
                 "--dive-ref-workers", str(recipe.workers),

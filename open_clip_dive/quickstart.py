@@ -14,9 +14,9 @@ import time
 
 from .experiment import Recipe, checkpoint_of, evaluate_command, run, train_command
 
-# DiVE's weights for a run this short: the paper's 1000 is tuned for 10 ImageNet epochs and swamps the
-# contrastive loss here (see docs/results/README.md, where the mini benchmark selects it on a validation split).
-QUICKSTART_DIVE_WEIGHT = 100.0
+# DiVE's AVL/PVL weight on this task: the one the mini benchmark selects from {1, 10, 100} on validation splits
+# (docs/results/README.md); the paper's 1000 keeps the model near the pre-trained one here (ID val 36.9 vs 83.5).
+QUICKSTART_DIVE_WEIGHT = 1.0
 # Sized to finish in under 10 minutes on a 2-core CPU, first-run builds included (measured in docs/results/README.md);
 # the mini benchmark trains 80 steps and evaluates 1000 samples per set.
 QUICKSTART_STEPS = 60

