@@ -47,3 +47,15 @@ def test_minibench_runs_every_method(env, tmp_path):
     # two selection runs + five methods: the DiVE run with the selected weight is its selection run, not retrained
     commands = (tmp_path / "res" / "commands.sh").read_text()
     assert commands.count("open_clip_dive.main") == 2 + 5
+
+
+def test_every_method_trains_with_the_same_batchnorm_mode():
+    """A comparison of losses must not also compare BatchNorm modes: --dive-bn-eval defaults to on only for the
+    frozen-model losses, so FLYP and replay once re-estimated the statistics on ID batches and lost 37 OOD points."""
+    from open_clip_dive.experiment import Recipe, train_command
+    from open_clip_dive.minibench import METHODS
+
+    data = {"id_train": "id.tar", "classnames": "c.json", "templates": "t.json", "reference": "ref.tar"}
+    for method in METHODS:
+        cmd = train_command("model", data, "out", method, method, Recipe(), 1.0, 1.0)
+        assert "--dive-bn-eval" in cmd and "--no-dive-bn-eval" not in cmd, method
