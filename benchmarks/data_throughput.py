@@ -11,7 +11,6 @@ given the rate a GPU consumes samples at (from `step_time.py --json`), says how 
 """
 
 import argparse
-import io
 import json
 import math
 import os
@@ -34,8 +33,8 @@ WORKER_HEADERS = ["model", "precision", "B", "B'", "DiVE step ms", "ID images/s"
                   "--dive-ref-workers"]
 
 
-def _jpeg(rng: np.random.Generator) -> bytes:
-    """A natural-looking JPEG: smooth colour field, a few blobs, mild noise; ImageNet-like size and bytes."""
+def _photo(rng: np.random.Generator) -> np.ndarray:
+    """A natural-looking image: smooth colour field, a few blobs, mild noise; ImageNet-like size."""
     from PIL import Image
 
     w, h = int(rng.integers(400, 500)), int(rng.integers(300, 375))
@@ -46,37 +45,24 @@ def _jpeg(rng: np.random.Generator) -> bytes:
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(20, 90)
         mask = ((yy - cy) ** 2 + (xx - cx) ** 2) < r ** 2
         field[mask] = rng.uniform(0, 255, 3)
-    pixels = np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8)
 
 
 def write_shards(directory, prefix, num_samples, num_shards, captions, seed):
-    """`prefix-000000.tar ...` with jpg + cls (ID) or jpg + txt (reference), sizes.json, classnames.json."""
-    import webdataset as wds
+    """`prefix-000000.tar ...` with jpg (quality 90) + cls (ID) or jpg + txt (reference), sizes.json and
+    classnames.json, written by the project's shard tool; returns the brace pattern."""
+    from open_clip_dive.tools.make_shards import write_array_shards
 
-    os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
-    sizes, per_shard = {}, math.ceil(num_samples / num_shards)
-    for s in range(num_shards):
-        name = f"{prefix}-{s:06d}.tar"
-        with wds.TarWriter(os.path.join(directory, name)) as sink:
-            n = min(per_shard, num_samples - s * per_shard)
-            for j in range(n):
-                sample = {"__key__": f"{prefix}{s:03d}_{j:05d}", "jpg": _jpeg(rng)}
-                if captions:
-                    words = rng.choice(CAPTION_WORDS, size=int(rng.integers(8, 16)))
-                    sample["txt"] = " ".join(words).encode()
-                else:
-                    sample["cls"] = str(int(rng.integers(len(CLASSNAMES)))).encode()
-                sink.write(sample)
-        sizes[name] = n
-    with open(os.path.join(directory, "sizes.json"), "w") as f:
-        json.dump(sizes, f)
-    with open(os.path.join(directory, "classnames.json"), "w") as f:
-        json.dump(CLASSNAMES, f)
-    return os.path.join(directory, f"{prefix}-{{000000..{num_shards - 1:06d}}}.tar")
+    images = [_photo(rng) for _ in range(num_samples)]
+    labels = texts = None
+    if captions:
+        texts = [" ".join(rng.choice(CAPTION_WORDS, size=int(rng.integers(8, 16)))) for _ in range(num_samples)]
+    else:
+        labels = rng.integers(len(CLASSNAMES), size=num_samples)
+    return write_array_shards(images, labels, CLASSNAMES, directory, captions=texts, prefix=prefix,
+                              shard_size=math.ceil(num_samples / num_shards), image_format="jpg", quality=90,
+                              overwrite=True, progress=False).pattern
 
 
 def make_args(id_shards, ref_shards, classnames, batch_size, workers, num_samples, model):

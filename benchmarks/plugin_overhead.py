@@ -17,7 +17,6 @@ the same in-memory batch, alternating turns, timed per step with this process's 
 """
 
 import argparse
-import io
 import json
 import os
 import re
@@ -51,29 +50,16 @@ LINE = re.compile(r"Data \(t\): (?P<data>[0-9.]+) Batch \(t\): (?P<batch>[0-9.]+
 
 def write_shards(directory, num_samples, num_shards, image_size, seed=0):
     """Shards whose samples carry png + cls + txt ("a photo of a {class}."): one dataset for both trainers."""
-    import webdataset as wds
-    from PIL import Image
+    from open_clip_dive.tools.make_shards import write_array_shards
 
-    os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
-    sizes = {}
     per_shard = num_samples // num_shards
-    for s in range(num_shards):
-        name = f"data-{s:06d}.tar"
-        with wds.TarWriter(os.path.join(directory, name)) as sink:
-            for j in range(per_shard):
-                label = int(rng.integers(len(CLASSNAMES)))
-                pixels = np.clip(rng.normal(40 + 20 * label, 40, (image_size, image_size, 3)), 0, 255)
-                buf = io.BytesIO()
-                Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
-                sink.write({"__key__": f"s{s:03d}_{j:05d}", "png": buf.getvalue(), "cls": str(label).encode(),
-                            "txt": f"a photo of a {CLASSNAMES[label]}.".encode()})
-        sizes[name] = per_shard
-    with open(os.path.join(directory, "sizes.json"), "w") as f:
-        json.dump(sizes, f)
-    with open(os.path.join(directory, "classnames.json"), "w") as f:
-        json.dump(CLASSNAMES, f)
-    return os.path.join(directory, f"data-{{000000..{num_shards - 1:06d}}}.tar")
+    labels = rng.integers(len(CLASSNAMES), size=per_shard * num_shards)
+    images = [np.clip(rng.normal(40 + 20 * int(label), 40, (image_size, image_size, 3)), 0, 255).astype(np.uint8)
+              for label in labels]
+    captions = [f"a photo of a {CLASSNAMES[label]}." for label in labels]
+    return write_array_shards(images, labels, CLASSNAMES, directory, captions=captions, prefix="data",
+                              shard_size=per_shard, image_format="png", progress=False).pattern
 
 
 def model_dir(root, cfg):
