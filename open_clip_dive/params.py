@@ -20,13 +20,26 @@ def plugin_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("loss (open_clip_dive)")
     g.add_argument("--loss", default=None,
                    help="Loss from the registry: clip (open_clip's own choice), flyp, dive, avl, pvl, snd, replay, "
-                        "or 'package.module:factory'. Default: none, i.e. plain open_clip_train behaviour.")
+                        "or 'package.module:factory'. Default: the loss the other flags imply (DiVE's own flags "
+                        "-> dive, --dive-replay-weight -> replay, --classnames alone -> flyp); without any of "
+                        "them, plain open_clip_train behaviour.")
     g.add_argument("--dive-avl-weight", type=float, default=1000.0,
                    help="Weight of the average vector loss (AVL); also the SnD weight. Paper: 1000.")
     g.add_argument("--dive-pvl-weight", type=float, default=1000.0,
                    help="Weight of the pairwise vector loss (PVL). Paper: 1000.")
     g.add_argument("--dive-ema-momentum", type=float, default=0.99,
                    help="Momentum a of the EMA vector m <- a*m + (1-a)*batch mean, in [0, 1). Paper: 0.99.")
+    g.add_argument("--dive-space", choices=["normalized", "raw"], default="normalized",
+                   help="Difference vectors of the L2-normalised embeddings (default; inferred, the paper does not "
+                        "say: lambda = 1000 only makes sense for bounded unit-vector differences, and zero-shot "
+                        "geometry lives there) or of the raw encoder features.")
+    g.add_argument("--dive-reduction", choices=["sum", "mean"], default="sum",
+                   help="Each squared norm ||.||^2 summed over the D dimensions (default; the paper's formula) or "
+                        "averaged over them as F.mse_loss does: under 'mean' a weight w is w / D under 'sum'.")
+    g.add_argument("--dive-ema-order", choices=["before", "after"], default="before",
+                   help="AVL reads m from before this step's update (default; m is the running average of the past "
+                        "steps, as an EMA target usually is) or after folding in this batch's mean. The paper does "
+                        "not say; at momentum 0.99 the two differ by 1%% of a batch mean.")
     g.add_argument("--dive-replay-weight", type=float, default=1.0,
                    help="Weight of the contrastive loss on reference pairs for --loss replay.")
 
@@ -59,6 +72,12 @@ def plugin_parser() -> argparse.ArgumentParser:
                         "updated). Default: on for losses with the frozen model, whose difference vectors must "
                         "measure the weights' change, not train- vs eval-mode normalisation; off otherwise.")
 
+    g.add_argument("--dive-deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="Run the trainable model with its stochastic layers off (eval mode: no dropout, "
+                        "drop-path or patch dropout) for the whole step, ID part included. Default: on for "
+                        "losses with the frozen model, so that at step 0 every difference vector is exactly 0; "
+                        "off otherwise. A layer that stays random in eval mode is refused by name.")
+
     g = parser.add_argument_group("class-labelled ID data (open_clip_dive)")
     g.add_argument("--classnames", default=None,
                    help="Class names for ID shards with 'cls' labels: 'imagenet' or a file (JSON list, JSON "
@@ -87,10 +106,25 @@ def plugin_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plugin_defaults() -> dict:
+    """Every plugin flag's default, by dest (for code that builds losses from its own namespace)."""
+    return vars(plugin_parser().parse_args([]))
+
+
+def given_plugin_flags(argv) -> list:
+    """The dests of the plugin flags present in argv, in order (defaults do not count)."""
+    dests = {opt: action.dest for action in plugin_parser()._actions for opt in action.option_strings}
+    given = [dests[a.split("=", 1)[0]] for a in argv if a.split("=", 1)[0] in dests]
+    return list(dict.fromkeys(given))
+
+
 def plugin_flags_given(argv) -> bool:
     """Whether any plugin flag is present (without any, main() behaves exactly as open_clip_train.main)."""
-    options = {opt for action in plugin_parser()._actions for opt in action.option_strings}
-    return any(a.split("=", 1)[0] in options for a in argv)
+    return bool(given_plugin_flags(argv))
+
+
+def flag_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
 def print_help(upstream_parse_args):
@@ -114,7 +148,12 @@ def parse_args(argv, upstream_parse_args):
     args = upstream_parse_args(rest)
     for key, value in vars(known).items():
         setattr(args, key, value)
-    setattr(args, PLUGIN_FLAGS_DEST, plugin_flags_given(argv))
+    given = given_plugin_flags(argv)
+    setattr(args, PLUGIN_FLAGS_DEST, given)  # plain data: params.txt shows which plugin flags were given
+    if given:
+        from .loss_choice import choose_loss
+
+        args.loss, args.dive_loss_reason = choose_loss(args.loss, given)
     return args
 
 
@@ -160,7 +199,9 @@ def validate(args):
 
     uses_reference = args.loss is not None and loss_uses_reference(args.loss)
     if uses_reference and not args.dive_ref_data:
-        raise DiveUsageError(f"--loss {args.loss} trains on reference pairs: give them with --dive-ref-data "
+        implied = getattr(args, "dive_loss_reason", "").startswith("implied")
+        raise DiveUsageError(f"--loss {args.loss}{f' ({args.dive_loss_reason})' if implied else ''} trains on "
+                             "reference pairs: give them with --dive-ref-data "
                              "'path/{00000..00099}.tar' (image + txt shards, e.g. CC3M from img2dataset)")
     if args.horovod and args.accum_freq > 1:
         raise DiveUsageError(f"--accum-freq {args.accum_freq} with --horovod: open_clip builds Horovod's optimizer for "
@@ -177,6 +218,9 @@ def validate(args):
         from .refcache import read_meta
 
         read_meta(args.dive_ref_cache)
+        if args.dive_space == "raw":
+            raise DiveUsageError("--dive-space raw: the reference cache holds normalised embeddings; drop "
+                                 "--dive-ref-cache or use --dive-space normalized")
         if args.dive_ref_pretrained:
             raise DiveUsageError("--dive-ref-cache replaces the frozen model: drop --dive-ref-pretrained (the cache "
                                  "records which weights made it)")

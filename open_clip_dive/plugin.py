@@ -20,11 +20,14 @@ from open_clip_train.distributed import all_gather_object
 
 from . import checkpoint as ckpt
 from .data import RestartingIterator, id_stream, reference_stream
+from .determinism import check_deterministic
 from .distributed import any_rank, barrier
 from .errors import DiveUsageError
 from .losses import create_loss as registry_create_loss
+from .loss_choice import ignored_flags, ignored_frozen_flags
 from .losses import needs_frozen, needs_reference
 from .params import PLUGIN_FLAGS_DEST, validate
+from .raw_features import check_raw_features
 from .params import parse_args as plugin_parse_args
 from .reference import build_reference, frozen_copy
 from .refcache import ReferenceCache, check_cache, model_fingerprint
@@ -46,6 +49,7 @@ class Run:
         self.tokenizer = None
         self.resume = None  # the `dive` entry of the checkpoint we resumed from
         self.model_built = False
+        self.notes = []  # (level, message) for the log's first lines, once logging is set up
         self._rng = None
         self._preempt = False
         self._old_handlers = {}
@@ -56,6 +60,12 @@ class Run:
     def bn_eval(self) -> bool:
         if self.args.dive_bn_eval is not None:
             return self.args.dive_bn_eval
+        return self.loss is not None and needs_frozen(self.loss)
+
+    @property
+    def deterministic(self) -> bool:
+        if self.args.dive_deterministic is not None:
+            return self.args.dive_deterministic
         return self.loss is not None and needs_frozen(self.loss)
 
     def install_signal_handlers(self):
@@ -153,10 +163,8 @@ class Run:
             barrier(a.world_size, a.horovod)
 
     def extra_metrics(self, loss) -> dict:
-        average = getattr(loss, "average", None)
-        if average is None:
-            return {}
-        return {"dive/ema_norm": float(average.ema.norm())}
+        metrics = getattr(loss, "metrics", None)
+        return metrics() if callable(metrics) else {}
 
     def record_keys(self, micro_batches):
         a = self.args
@@ -184,6 +192,9 @@ def parse_args(argv):
     _run = Run(args)
     if _run.active:
         validate(args)
+        given = getattr(args, PLUGIN_FLAGS_DEST)
+        _run.notes = [(logging.INFO, f"open_clip_dive: loss {args.loss or '(open_clip)'}: {args.dive_loss_reason}")]
+        _run.notes += [(logging.WARNING, f"open_clip_dive: {w}") for w in ignored_flags(args.loss, given)]
         for path in args.dive_model_config or ():
             import open_clip
 
@@ -224,6 +235,8 @@ def create_model_and_transforms(*args, **kwargs):
     a = run.args
     if a.loss is not None:
         run.loss = registry_create_loss(a)
+        for warning in ignored_frozen_flags(a.loss, getattr(a, PLUGIN_FLAGS_DEST), needs_frozen(run.loss)):
+            logging.warning(f"open_clip_dive: {warning}")
         if needs_frozen(run.loss) and a.dive_ref_cache:
             image_size = model.visual.image_size
             image_size = list(image_size) if isinstance(image_size, (tuple, list)) else [image_size] * 2
@@ -235,6 +248,13 @@ def create_model_and_transforms(*args, **kwargs):
             else:
                 run.reference = frozen_copy(model, a.dive_ref_precision)
             logging.info(f"Frozen reference model ready ({a.dive_ref_precision}, not DDP-wrapped).")
+        if getattr(run.loss, "reference_space", "normalized") == "raw":
+            check_raw_features(model)
+        if run.deterministic:
+            check_deterministic(model, run.bn_eval)
+            logging.info("The trainable model runs in eval mode (no dropout, drop-path or patch dropout; "
+                         f"BatchNorm statistics {'frozen' if run.bn_eval else 'from the batch'}): "
+                         "--dive-deterministic.")
     return result
 
 
@@ -305,7 +325,12 @@ def setup_logging(log_file, level, include_host=False):
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    return UPSTREAM["setup_logging"](log_file, level, include_host)
+    result = UPSTREAM["setup_logging"](log_file, level, include_host)
+    if _run is not None:
+        for note_level, message in _run.notes:
+            logging.log(note_level, message)
+        _run.notes = []
+    return result
 
 
 # --- torch as open_clip_train.main sees it ----------------------------------------------------------

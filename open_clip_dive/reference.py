@@ -25,11 +25,15 @@ class FrozenReference(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, images, texts):
+    def forward(self, images, texts, normalize: bool = True):
+        """The frozen model's embeddings (`normalize=False`: its raw features, for --dive-space raw)."""
         param = next(self.model.parameters())
+        images, texts = images.to(device=param.device, dtype=self.dtype), texts.to(param.device)
         # outside the trainer's autocast: the embeddings come in the precision chosen by --dive-ref-precision
         with torch.autocast(device_type=param.device.type, enabled=False):
-            out = self.model(images.to(device=param.device, dtype=self.dtype), texts.to(param.device))
+            if not normalize:
+                return self.model.encode_image(images), self.model.encode_text(texts)
+            out = self.model(images, texts)
         if not isinstance(out, dict):
             out = {"image_features": out[0], "text_features": out[1]}
         return out["image_features"], out["text_features"]

@@ -16,6 +16,9 @@ from open_clip_train.distributed import is_master
 from open_clip_train.precision import get_autocast
 from open_clip_train.train import AverageMeter, backward, unwrap_model
 
+from .determinism import set_train_mode
+from .raw_features import RawFeatureTap
+
 try:
     import wandb
 except ImportError:
@@ -60,28 +63,37 @@ class TrainingStep:
         return (images.to(device=self.device, dtype=self.input_dtype, non_blocking=True),
                 texts.to(device=self.device, non_blocking=True))
 
-    def _loss_inputs(self, model_out, batch, ref, images, texts):
-        """Split [ID; reference] outputs into open_clip's names and ref_*; add the frozen model's ref0_*."""
+    def _loss_inputs(self, model_out, batch, ref, images, texts, raw=None):
+        """Split [ID; reference] outputs into open_clip's names and ref_*; add the frozen model's ref0_*.
+        `raw`: the trainable model's raw features, when the loss compares reference features unnormalised."""
         inputs = dict(model_out)
         if ref is None:
             return inputs
         n = batch["image"].shape[0]
         for name in ("image_features", "text_features"):
-            inputs[name], inputs[f"ref_{name}"] = model_out[name][:n], model_out[name][n:]
+            inputs[name], inputs[f"ref_{name}"] = model_out[name][:n], (raw or model_out)[name][n:]
         if "ref0_image_features" in ref:  # cached by tools.cache_reference
             for name in ("ref0_image_features", "ref0_text_features"):
                 inputs[name] = ref[name].to(self.device, non_blocking=True)
         elif self.frozen is not None:
-            inputs["ref0_image_features"], inputs["ref0_text_features"] = self.frozen(images[n:], texts[n:])
+            inputs["ref0_image_features"], inputs["ref0_text_features"] = self.frozen(
+                images[n:], texts[n:], normalize=raw is None)
         return inputs
+
+    def _forward_model(self, images, texts, ref):
+        """The trainable model's outputs, and its raw features where the loss reads reference features raw."""
+        if ref is None or getattr(self.loss, "reference_space", "normalized") != "raw":
+            return self.model(images, texts), None
+        with RawFeatureTap(unwrap_model(self.model)) as tap:
+            return self.model(images, texts), tap.raw
 
     def forward(self, batch, ref=None, id_features=None, position=0):
         """Losses of one micro-batch (gradients flow through this micro-batch only). `id_features`: the
         other micro-batches' cached ID outputs, concatenated around this one's at `position`."""
         images, texts = self._inputs(batch, ref)
         with self.autocast():
-            model_out = self.model(images, texts)
-            inputs = self._loss_inputs(model_out, batch, ref, images, texts)
+            model_out, raw = self._forward_model(images, texts, ref)
+            inputs = self._loss_inputs(model_out, batch, ref, images, texts, raw)
             if id_features is not None:
                 for key, cached in id_features.items():
                     inputs[key] = torch.cat(cached[:position] + [inputs[key]] + cached[position + 1:])
@@ -157,17 +169,8 @@ class TrainingStep:
             optimizer.step()
 
 
-def set_train_mode(model, bn_eval: bool):
-    """model.train(), with BatchNorm layers left in eval mode when `bn_eval` (statistics kept as pre-trained)."""
-    model.train()
-    if bn_eval:
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
 def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run, tb_writer=None):
-    set_train_mode(model, run.bn_eval)
+    set_train_mode(model, run.bn_eval, run.deterministic)
     loss.train()
     if args.distill:
         dist_model.eval()
@@ -239,6 +242,7 @@ def _log_step(args, losses, losses_m, logit_scale, optimizer, dataloader, batch_
         f"Batch (t): {batch_time_m.avg:.3f}, {samples_per_second:#g}/s, {samples_per_second_per_gpu:#g}/s/gpu "
         f"LR: {optimizer.param_groups[0]['lr']:5f} "
         f"Logit Scale: {logit_scale_scalar:.3f} " + loss_log
+        + "".join(f" {name}: {val:.4g}" for name, val in extra.items())
     )
     log_data = {
         "data_time": data_time_m.val,

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from helpers import TINY_MODEL_CFG  # noqa: E402
 from open_clip_dive.losses import create_loss  # noqa: E402
+from open_clip_dive.params import plugin_defaults
 from open_clip_dive.reference import frozen_copy  # noqa: E402
 from open_clip_dive.train import TrainingStep  # noqa: E402
 
@@ -48,10 +49,10 @@ def main():
 
         hvd.init()
         rank, world = hvd.rank(), hvd.size()
-    args = argparse.Namespace(device="cpu", precision="fp32", distill=False, horovod=mode == "horovod",
+    args = argparse.Namespace(**plugin_defaults() | dict(device="cpu", precision="fp32", distill=False, horovod=mode == "horovod",
                               grad_clip_norm=None, local_loss=True, gather_with_grad=True, rank=rank, world_size=world,
                               siglip=False, model="tiny", loss="dive", dive_avl_weight=10.0, dive_pvl_weight=10.0,
-                              dive_ema_momentum=0.9)
+                              dive_ema_momentum=0.9))
     loss = create_loss(args)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     if mode == "horovod":

@@ -9,15 +9,16 @@ import torch
 
 from helpers import TINY_MODEL_CFG
 from open_clip_dive.losses import create_loss
+from open_clip_dive.params import plugin_defaults
 from open_clip_dive.reference import frozen_copy
 from open_clip_dive.train import TrainingStep
 
 
 def make_args(loss):
-    return argparse.Namespace(device="cpu", precision="fp32", distill=False, horovod=False, grad_clip_norm=None,
+    return argparse.Namespace(**plugin_defaults() | dict(device="cpu", precision="fp32", distill=False, horovod=False, grad_clip_norm=None,
                               local_loss=False, gather_with_grad=False, rank=0, world_size=1, siglip=False,
                               model="dive-tiny", loss=loss, dive_avl_weight=10.0, dive_pvl_weight=10.0,
-                              dive_ema_momentum=0.9, dive_replay_weight=1.0)
+                              dive_ema_momentum=0.9, dive_replay_weight=1.0))
 
 
 def batch(n, seed):

@@ -3,6 +3,8 @@ import argparse
 import pytest
 import torch
 
+from open_clip_dive.params import plugin_defaults
+
 from open_clip_dive.errors import DiveUsageError
 from open_clip_dive.losses import (DiVELoss, create_loss, is_loss, list_losses, loss_entrypoint,
                                    avl_loss, pvl_loss, register_loss, contrastive_loss)
@@ -25,7 +27,7 @@ def args_for(**kw):
                 dive_avl_weight=1000.0, dive_pvl_weight=1000.0, dive_ema_momentum=0.99, dive_replay_weight=1.0,
                 distill=False, model="ViT-B-32", loss="dive")
     base.update(kw)
-    return argparse.Namespace(**base)
+    return argparse.Namespace(**{**plugin_defaults(), **base})
 
 
 def features(n, d, seed):
@@ -142,7 +144,7 @@ def test_third_party_loss_by_import_path_and_duplicate_registration():
 
 
 def test_batchnorm_stays_in_eval_mode_when_asked():
-    from open_clip_dive.train import set_train_mode
+    from open_clip_dive.determinism import set_train_mode
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.1))
     set_train_mode(model, bn_eval=True)

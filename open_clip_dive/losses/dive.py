@@ -13,15 +13,36 @@ from torch import nn
 from ..distributed import all_reduce_sum
 
 
-def avl_loss(u: torch.Tensor, v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+REDUCTIONS = ("sum", "mean")  # of each squared norm over the D dimensions; `mean` is F.mse_loss's, 1/D of `sum`
+EMA_ORDERS = ("before", "after")  # the loss reads m from before this step's update, or with this batch folded in
+SPACES = ("normalized", "raw")  # difference vectors of the L2-normalised embeddings, or of the raw features
+
+
+def squared_norm(x: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """||x||^2 per row: the sum over dimensions, or its mean (`reduction='mean'`, as F.mse_loss reduces)."""
+    return x.pow(2).sum(-1) if reduction == "sum" else x.pow(2).mean(-1)
+
+
+def avl_loss(u: torch.Tensor, v: torch.Tensor, m: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """Average vector loss: mean_j ( ||u_j - m||^2 + ||v_j - m||^2 ), u/v [B, D], m [D] (a constant)."""
     m = m.detach().to(u.dtype)
-    return ((u - m).pow(2).sum(-1) + (v - m).pow(2).sum(-1)).mean()
+    return (squared_norm(u - m, reduction) + squared_norm(v - m, reduction)).mean()
 
 
-def pvl_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def pvl_loss(u: torch.Tensor, v: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """Pairwise vector loss: mean_j ||u_j - v_j||^2 (each image with its own caption only)."""
-    return (u - v).pow(2).sum(-1).mean()
+    return squared_norm(u - v, reduction).mean()
+
+
+@torch.no_grad()
+def difference_stats(u: torch.Tensor, v: torch.Tensor) -> dict:
+    """What the regulariser sees (this rank's reference batch): mean ||u||, mean ||v||, and the share of each
+    difference that is common to the batch (||mean u|| / mean ||u||: 1 for a pure translation)."""
+    stats = {"dive/u_norm": u.norm(dim=-1).mean(), "dive/v_norm": v.norm(dim=-1).mean()}
+    for name, d in (("u", u), ("v", v)):
+        mean_norm = d.norm(dim=-1).mean()
+        stats[f"dive/{name}_common"] = d.mean(0).norm() / mean_norm if mean_norm > 0 else torch.ones(())
+    return {k: float(val) for k, val in stats.items()}
 
 
 class DifferenceVectorEMA(nn.Module):
@@ -54,6 +75,16 @@ class DifferenceVectorEMA(nn.Module):
         if self.ema.numel() != like.shape[-1]:  # first use: size the buffer from the embedding width
             self.ema = torch.zeros(like.shape[-1], device=like.device)
         return self.ema
+
+    @torch.no_grad()
+    def folded(self, *diffs: torch.Tensor) -> torch.Tensor:
+        """m with this micro-batch's global mean folded in, as the update will (the `after` reading); a
+        collective when distributed (every rank calls it for every micro-batch)."""
+        flat = torch.cat([d.detach().float() for d in diffs])
+        stats = torch.cat([flat.sum(0), flat.new_tensor([flat.shape[0]])])
+        stats = all_reduce_sum(stats, self.world_size, self.use_horovod)
+        m = self.current(flat)
+        return self.momentum * m + (1.0 - self.momentum) * (stats[:-1] / stats[-1]).to(m.device)
 
     @torch.no_grad()
     def update(self):
@@ -110,14 +141,24 @@ class ReferenceLoss(nn.Module):
 
 
 class DiVELoss(ReferenceLoss):
-    """FLYP contrastive + w_avl * AVL + w_pvl * PVL (a zero weight drops the term)."""
+    """FLYP contrastive + w_avl * AVL + w_pvl * PVL (a zero weight drops the term).
+
+    The readings the paper leaves open (paper digest §1.2-1.5), with the best-supported default first:
+    `reduction` of each squared norm (`sum` over dimensions; `mean` divides by D, so the paper's 1000 under
+    `mean` is 1000 / D under `sum`), `ema_order` (`before`: the loss reads m from before this step's update;
+    `after`: with this micro-batch's global mean folded in) and `reference_space` (`normalized` embeddings, or
+    `raw` features; the training step reads it and passes the reference features in that space).
+    """
 
     def __init__(self, contrastive: nn.Module, avl_weight: float = 1000.0, pvl_weight: float = 1000.0,
-                 momentum: float = 0.99, world_size: int = 1, use_horovod: bool = False):
+                 momentum: float = 0.99, world_size: int = 1, use_horovod: bool = False, reduction: str = "sum",
+                 ema_order: str = "before", space: str = "normalized"):
         super().__init__(contrastive)
         self.avl_weight = avl_weight
         self.pvl_weight = pvl_weight
+        self.reduction, self.ema_order, self.reference_space = reduction, ema_order, space
         self.average = DifferenceVectorEMA(0, momentum, world_size, use_horovod) if avl_weight > 0 else None
+        self.last_stats = {}
 
     def forward(self, image_features, text_features, logit_scale, ref_image_features, ref_text_features,
                 ref0_image_features, ref0_text_features, logit_bias=None, output_dict=False, **_):
@@ -125,12 +166,21 @@ class DiVELoss(ReferenceLoss):
         u, v = self.difference_vectors(ref_image_features, ref_text_features, ref0_image_features, ref0_text_features)
         if self.average is not None:
             m = self.average.current(u)
-            losses["avl_loss"] = self.avl_weight * avl_loss(u, v, m)
+            if self.ema_order == "after" and self.training:
+                m = self.average.folded(u, v)
+            losses["avl_loss"] = self.avl_weight * avl_loss(u, v, m, self.reduction)
             if self.training:
                 self.average.observe(u, v)
         if self.pvl_weight > 0:
-            losses["pvl_loss"] = self.pvl_weight * pvl_loss(u, v)
+            losses["pvl_loss"] = self.pvl_weight * pvl_loss(u, v, self.reduction)
+        self.last_stats = difference_stats(u, v)
         return losses if output_dict else tuple(losses.values())
+
+    def metrics(self) -> dict:
+        """Scalars for the log line, TensorBoard and W&B (the plugin logs what a loss returns here): the last
+        micro-batch's difference-vector statistics and ||m|| after the last update."""
+        ema = {} if self.average is None else {"dive/ema_norm": float(self.average.ema.norm())}
+        return {**self.last_stats, **ema}
 
     def on_optimizer_step(self):
         if self.average is not None:

@@ -24,14 +24,17 @@ _LOSSES: Dict[str, Callable] = {}
 _entry_points_loaded = False
 
 
-def register_loss(name: str, reference: bool = False):
+def register_loss(name: str, reference: bool = False, flags=None):
     """Decorator that registers `fn(args) -> nn.Module` under `name`.
 
     `reference=True` says the loss trains on the reference stream (so `--dive-ref-data` is required).
+    `flags`: the dests of the loss-specific plugin flags it reads (`("dive_avl_weight",)`); the others are
+    reported as having no effect with this loss. None (the default) means undeclared: nothing is reported.
     """
 
     def wrap(fn):
         fn.uses_reference = reference
+        fn.uses_flags = None if flags is None else tuple(flags)
         if name in _LOSSES and _LOSSES[name] is not fn:
             raise ValueError(f"loss '{name}' is already registered by {_LOSSES[name].__module__}")
         _LOSSES[name] = fn
@@ -96,6 +99,11 @@ def loss_entrypoint(name: str) -> Callable:
 
 def loss_uses_reference(name: str) -> bool:
     return bool(getattr(loss_entrypoint(name), "uses_reference", False))
+
+
+def loss_flags(name: str):
+    """The loss-specific plugin flags (dests) the loss reads, or None where it does not declare them."""
+    return getattr(loss_entrypoint(name), "uses_flags", None)
 
 
 def create_loss(args):
