@@ -143,9 +143,13 @@ class Trainer:
 
     def run(self, args, loss, batch, steps, frozen=None, ref=None):
         """`steps` training steps as train_one_epoch makes them (schedule, then the step); their times."""
+        from open_clip_dive.determinism import set_train_mode
+        from open_clip_dive.losses import needs_frozen
         from open_clip_dive.train import TrainingStep
 
-        self.model.train()
+        # the modes train_one_epoch uses by default: frozen-model losses run with stochastic layers off
+        frozen_model_loss = needs_frozen(loss)
+        set_train_mode(self.model, bn_eval=frozen_model_loss, deterministic=frozen_model_loss)
         loss.train()
         step_fn = TrainingStep(self.model, loss, args, frozen=frozen)
         times = []

@@ -27,6 +27,9 @@ class Recipe:
     # BatchNorm statistics frozen for every method (the paper's ViTs have none): otherwise FLYP and replay would
     # re-estimate them on Fashion-MNIST batches while the frozen-model losses keep them (--dive-bn-eval's default)
     bn_eval: bool = True
+    # likewise dropout (MiniLM's text tower has 0.1): off for every method, as --dive-deterministic turns it off for
+    # the frozen-model losses so that their difference vectors measure the weights' change only
+    deterministic: bool = True
     extra: List[str] = field(default_factory=list)
 
 
@@ -51,7 +54,7 @@ def run(cmd: List[str], log_path: str, commands: Optional[List[str]] = None) -> 
 
 
 def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str, recipe: Recipe,
-                  avl_weight: float = 0.0, pvl_weight: float = 0.0) -> List[str]:
+                  avl_weight: float = 0.0, pvl_weight: float = 0.0, reduction: str = "sum") -> List[str]:
     cmd = [sys.executable, "-m", "open_clip_dive.main",
            "--model", f"local-dir:{model_dir}", "--train-data", data["id_train"], "--classnames", data["classnames"],
            "--templates", recipe.templates or data["templates"], "--dataset-resampled",
@@ -60,11 +63,21 @@ def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str
            "--warmup", str(recipe.warmup), "--lr-scheduler", "cosine", "--precision", "fp32", "--device", "cpu",
            "--workers", str(recipe.workers), "--seed", str(recipe.seed), "--logs", out_dir, "--name", name,
            "--report-to", "none", "--log-every-n-steps", "25", "--save-frequency", "1", "--loss", loss,
-           "--dive-bn-eval" if recipe.bn_eval else "--no-dive-bn-eval"]
+           "--dive-bn-eval" if recipe.bn_eval else "--no-dive-bn-eval",
+           "--dive-deterministic" if recipe.deterministic else "--no-dive-deterministic"]
     if loss != "flyp":
         cmd += ["--dive-ref-data", data["reference"], "--dive-ref-batch-size", str(recipe.ref_batch_size),
-                "--dive-ref-workers", str(recipe.workers),
-                "--dive-avl-weight", str(avl_weight), "--dive-pvl-weight", str(pvl_weight)]
+                "--dive-ref-workers", str(recipe.workers)]
+    if loss == "replay":
+        cmd += ["--dive-replay-weight", "1"]
+    elif loss in ("snd", "avl"):
+        cmd += ["--dive-avl-weight", f"{avl_weight:g}"]
+    elif loss == "pvl":
+        cmd += ["--dive-pvl-weight", f"{pvl_weight:g}"]
+    elif loss == "dive":
+        cmd += ["--dive-avl-weight", f"{avl_weight:g}", "--dive-pvl-weight", f"{pvl_weight:g}"]
+    if loss != "flyp" and loss != "replay" and reduction != "sum":
+        cmd += ["--dive-reduction", reduction]
     return cmd + recipe.extra
 
 

@@ -3,17 +3,23 @@ mirror the paper in miniature; writes docs/results/ (table, plots, exact command
 
     python -m open_clip_dive.minibench --output docs/results        # (launch_scripts/mini_benchmark.sh)
 
-1. Selection (validation only): DiVE with each weight of --select-weights is trained and scored on the ID
-   validation split and the zero-shot *dev* splits; the weight with the best mean of the two is kept for every
-   reference loss (AVL, PVL, DiVE, SnD). Test splits are not looked at until step 3.
-2. Training: FLYP, AVL, PVL, DiVE, SnD and replay, same recipe, seed and data order.
+1. Selection (validation only): DiVE with each weight of --select-weights (half-decades from 0.1 to 1000) is
+   trained and scored on the ID validation split and the zero-shot *dev* splits; the weight with the best mean
+   of the two is kept for every reference loss (AVL, PVL, DiVE, SnD). If the best weight is at an end of the
+   grid, the grid is extended by half-decades on that side until it is interior. Test splits are not looked at
+   until step 3.
+2. Training: FLYP, AVL, PVL, DiVE, SnD and replay, same recipe, seed and data order; and the paper's own
+   setting read both ways, weight 1000 with `--dive-reduction sum` and `mean`, as named rows.
 3. Test: one evaluation of all runs on ID test / OOD / zero-shot test with RSA and a WiSE-FT sweep.
+
+Every finished run (checkpoint, evaluation) is reused, so a killed benchmark continues where it stopped.
 """
 
 import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -23,6 +29,14 @@ from .experiment import Recipe, checkpoint_of, evaluate_command, run, train_comm
 METHODS = ["flyp", "avl", "pvl", "dive", "snd", "replay"]
 
 
+def _round3(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+def _half_decade(k: int) -> float:
+    return _round3(10 ** (k / 2))
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m open_clip_dive.minibench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,9 +44,12 @@ def parse_args(argv):
     p.add_argument("--work-dir", default=None, help="runs and logs (default: <output>/work, not committed)")
     p.add_argument("--steps", type=int, default=Recipe.steps)
     p.add_argument("--batch-size", type=int, default=Recipe.batch_size)
-    p.add_argument("--select-weights", default="1,10,100",
-                   help="AVL/PVL weights tried on the validation split (the paper's 1000 keeps this model at its "
-                        "pre-trained accuracy; docs/results/README.md)")
+    p.add_argument("--select-weights", default=",".join(f"{_half_decade(k):g}" for k in range(-2, 7)),
+                   help="AVL/PVL weights tried on the validation split (default: 0.1 ... 1000 by half-decades); "
+                        "extended by half-decades while the best is at an end")
+    p.add_argument("--max-extensions", type=int, default=3, help="how often the grid may be extended")
+    p.add_argument("--paper-weight", type=float, default=1000.0,
+                   help="the paper's lambda, trained as named rows under both reductions (0: skip)")
     p.add_argument("--wise-ft", default="0,0.5,1",
                    help="WiSE-FT mixing weights (0 and 1 reuse the plain results; 0.5 is WiSE-FT's default)")
     p.add_argument("--max-eval-samples", type=int, default=1000,
@@ -60,24 +77,46 @@ def main(argv=None) -> int:
     recipe = Recipe(steps=args.steps, batch_size=args.batch_size, ref_batch_size=args.batch_size)
     commands = []
 
-    def train(name, loss, weight):
-        if not os.path.exists(checkpoint_of(work, name)):
-            run(train_command(model_dir, data, work, name, loss, recipe, weight, weight),
-                os.path.join(work, f"train_{name}.log"), commands)
+    def once(cmd, log, done):
+        """Run `cmd` unless its output exists (a resumed benchmark reuses it); commands.sh lists it either way."""
+        commands.append(" ".join(shlex.quote(c) for c in cmd))
+        if not os.path.exists(done):
+            run(cmd, log)
+
+    def train(name, loss, weight, reduction="sum"):
+        once(train_command(model_dir, data, work, name, loss, recipe, weight, weight, reduction),
+             os.path.join(work, f"train_{name}.log"), checkpoint_of(work, name))
         return checkpoint_of(work, name)
 
-    # 1. select the weight on validation data
-    selection, selection_runs = {}, {}
-    for weight in [float(w) for w in args.select_weights.split(",")]:
-        name = f"select-dive-w{weight:g}"
-        ckpt = selection_runs[weight] = train(name, "dive", weight)
+    def evaluate(name, checkpoints, suite, rsa_data, **kw):
         out = os.path.join(work, f"eval_{name}")
-        run(evaluate_command(model_dir, {name: ckpt}, data["suite_val"], out, rsa_data="fashion-mnist-val",
-                             max_samples=args.max_eval_samples or None), os.path.join(work, f"eval_{name}.log"), commands)
-        selection[weight] = _score(os.path.join(out, "results.json"), name)
-        print(f"[minibench] selection: weight {weight:g} -> (ID val + ZS dev) / 2 = {selection[weight]:.2f}", flush=True)
-    best = max(selection, key=selection.get)
-    print(f"[minibench] selected weight {best:g}", flush=True)
+        once(evaluate_command(model_dir, checkpoints, suite, out, rsa_data=rsa_data,
+                              max_samples=args.max_eval_samples or None, **kw),
+             os.path.join(work, f"eval_{name}.log"), os.path.join(out, "results.json"))
+        return os.path.join(out, "results.json")
+
+    # 1. select the weight on validation data; extend the grid while the best weight is at an end of it
+    weights = sorted(float(w) for w in args.select_weights.split(","))
+    selection, selection_runs, extensions = {}, {}, []
+    for round_ in range(args.max_extensions + 1):
+        new = [w for w in weights if w not in selection]
+        runs = {f"select-dive-w{w:g}": train(f"select-dive-w{w:g}", "dive", w) for w in new}
+        selection_runs.update(zip(new, runs.values()))
+        results = evaluate(f"select-{round_}", runs, data["suite_val"], "fashion-mnist-val")
+        for w in new:
+            selection[w] = _score(results, f"select-dive-w{w:g}")
+            print(f"[minibench] selection: weight {w:g} -> (ID val + ZS dev) / 2 = {selection[w]:.2f}", flush=True)
+        best = max(selection, key=selection.get)
+        grid = sorted(selection)
+        if grid[0] < best < grid[-1] or round_ == args.max_extensions:
+            break
+        step = 10 ** 0.5
+        weights = grid + [_round3(best / step if best == grid[0] else best * step)]
+        extensions.append(weights[-1])
+        print(f"[minibench] best weight {best:g} is at the end of the grid: adding {weights[-1]:g}", flush=True)
+    interior = sorted(selection)[0] < best < sorted(selection)[-1]
+    print(f"[minibench] selected weight {best:g}" + ("" if interior else " (still at the end of the grid)"),
+          flush=True)
 
     # 2. every method with that weight (DiVE's selection run already is the DiVE run: same command and seed)
     checkpoints = {}
@@ -85,12 +124,16 @@ def main(argv=None) -> int:
         weight = 0.0 if method in ("flyp", "replay") else best
         checkpoints[method] = selection_runs[best] if method == "dive" else train(method, method, weight)
         print(f"[minibench] trained {method}", flush=True)
+    if args.paper_weight:
+        for reduction in ("sum", "mean"):
+            label = f"dive-paper-{reduction}"
+            w = args.paper_weight
+            checkpoints[label] = (selection_runs[w] if reduction == "sum" and w in selection_runs
+                                  else train(label, "dive", w, reduction))
+            print(f"[minibench] trained {label} (weight {w:g}, --dive-reduction {reduction})", flush=True)
 
     # 3. one evaluation on the test splits, with WiSE-FT
-    results = os.path.join(work, "test")
-    run(evaluate_command(model_dir, checkpoints, data["suite"], results, rsa_data="fashion-mnist",
-                         wise_ft=args.wise_ft, max_samples=args.max_eval_samples or None),
-        os.path.join(work, "eval_test.log"), commands)
+    results = os.path.dirname(evaluate("test", checkpoints, data["suite"], "fashion-mnist", wise_ft=args.wise_ft))
 
     os.makedirs(args.output, exist_ok=True)
     for name in ("results.md", "results.csv", "results.json"):
@@ -99,7 +142,11 @@ def main(argv=None) -> int:
     import open_clip
     import torch
 
-    run_info = {"selection": {f"{k:g}": v for k, v in selection.items()}, "selected_weight": best,
+    run_info = {"criterion": "mean of the ID validation accuracy and the zero-shot dev average (test splits unused)",
+                "selection": {f"{k:g}": v for k, v in sorted(selection.items())}, "selected_weight": best,
+                "selected_is_interior": interior, "grid_extensions": extensions,
+                "paper_rows": {f"dive-paper-{r}": {"weight": args.paper_weight, "reduction": r}
+                               for r in ("sum", "mean")} if args.paper_weight else {},
                 "recipe": vars(recipe), "wall_seconds": round(time.time() - start), "steps": args.steps,
                 "versions": {"python": platform.python_version(), "torch": torch.__version__,
                              "open_clip": open_clip.__version__, "machine": f"{platform.machine()}, "

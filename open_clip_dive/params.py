@@ -217,10 +217,10 @@ def validate(args):
     if args.dive_ref_cache:
         from .refcache import read_meta
 
-        read_meta(args.dive_ref_cache)
         if args.dive_space == "raw":
             raise DiveUsageError("--dive-space raw: the reference cache holds normalised embeddings; drop "
                                  "--dive-ref-cache or use --dive-space normalized")
+        read_meta(args.dive_ref_cache)
         if args.dive_ref_pretrained:
             raise DiveUsageError("--dive-ref-cache replaces the frozen model: drop --dive-ref-pretrained (the cache "
                                  "records which weights made it)")
