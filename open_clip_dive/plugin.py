@@ -23,12 +23,12 @@ from .data import RestartingIterator, id_stream, reference_stream
 from .determinism import check_deterministic
 from .distributed import any_rank, barrier
 from .errors import DiveUsageError
-from .losses import create_loss as registry_create_loss
 from .loss_choice import ignored_flags, ignored_frozen_flags
+from .losses import create_loss as registry_create_loss
 from .losses import needs_frozen, needs_reference
 from .params import PLUGIN_FLAGS_DEST, validate
-from .raw_features import check_raw_features
 from .params import parse_args as plugin_parse_args
+from .raw_features import check_raw_features
 from .reference import build_reference, frozen_copy
 from .refcache import ReferenceCache, check_cache, model_fingerprint
 from .train import train_one_epoch as plugin_train_one_epoch

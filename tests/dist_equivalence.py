@@ -49,7 +49,8 @@ def main():
 
         hvd.init()
         rank, world = hvd.rank(), hvd.size()
-    args = argparse.Namespace(**plugin_defaults() | dict(device="cpu", precision="fp32", distill=False, horovod=mode == "horovod",
+    args = argparse.Namespace(**plugin_defaults() | dict(
+                              device="cpu", precision="fp32", distill=False, horovod=mode == "horovod",
                               grad_clip_norm=None, local_loss=True, gather_with_grad=True, rank=rank, world_size=world,
                               siglip=False, model="tiny", loss="dive", dive_avl_weight=10.0, dive_pvl_weight=10.0,
                               dive_ema_momentum=0.9))

@@ -15,7 +15,8 @@ from open_clip_dive.train import TrainingStep
 
 
 def make_args(loss):
-    return argparse.Namespace(**plugin_defaults() | dict(device="cpu", precision="fp32", distill=False, horovod=False, grad_clip_norm=None,
+    return argparse.Namespace(**plugin_defaults() | dict(
+                              device="cpu", precision="fp32", distill=False, horovod=False, grad_clip_norm=None,
                               local_loss=False, gather_with_grad=False, rank=0, world_size=1, siglip=False,
                               model="dive-tiny", loss=loss, dive_avl_weight=10.0, dive_pvl_weight=10.0,
                               dive_ema_momentum=0.9, dive_replay_weight=1.0))
