@@ -6,8 +6,8 @@ from .errors import DiveUsageError
 
 
 def require(module: str, pip_name: str, needed_for: str):
-    """`module`, imported; or DiveUsageError('<needed_for> needs <pip_name>: pip install <pip_name>')."""
+    """`module`, imported; or DiveUsageError('<needed_for>: needs <pip_name>, which is not installed: pip install ...')."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise DiveUsageError(f"{needed_for} needs {pip_name}, which is not installed: pip install {pip_name}") from None
+        raise DiveUsageError(f"{needed_for}: needs {pip_name}, which is not installed: pip install {pip_name}") from None
