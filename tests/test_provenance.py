@@ -7,7 +7,6 @@ pretrained table pointing at a local file (the only stand-in); everything else i
 """
 
 import json
-import os
 import shutil
 
 import open_clip

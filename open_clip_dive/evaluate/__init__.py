@@ -8,7 +8,6 @@ import logging
 import os
 from typing import Dict
 
-from ..errors import DiveUsageError
 from .geometry import geometry_report, rsa
 from .heads import build_zeroshot_head, zeroshot_logits
 from .metrics import classification_metrics, macro_f1, project_logits

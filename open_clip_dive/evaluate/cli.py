@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16"],
                    help="amp: fp16 autocast on GPU (bf16 on CPU); weights stay fp32")
     g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--text-batch-size", type=int, default=256, help="prompts per text-tower batch when building heads")
+    g.add_argument("--text-batch-size", type=int, default=256, help="prompts per text-tower batch when building heads (rounded down to whole classes)")
     g.add_argument("--workers", type=int, default=4, help="data loader workers")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars (log lines only)")
     g = p.add_argument_group("output")
