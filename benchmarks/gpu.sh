@@ -7,7 +7,7 @@
 #
 #   bash benchmarks/gpu.sh [OUTPUT.md]          # default: $OUT/gpu_results.md when $OUT is set, else ./gpu_results.md
 #
-# Settings (environment): DEVICE (cuda), MODEL (ViT-B-16), BATCH (512), PRECISIONS (amp_bf16,fp32), ROUNDS (4),
+# Settings (environment): PYTHON (default: the checkout's .venv/bin/python, else python3), DEVICE (cuda), MODEL (ViT-B-16), BATCH (512), PRECISIONS (amp_bf16,fp32), ROUNDS (4),
 # STEPS (3 steps per turn), FRACTIONS (0.25,0.5,1), STEP_ARGS (more step_time.py flags), DATA_SAMPLES (512),
 # DATA_BATCH (32), WORKERS (0,4,8), TOTAL_S (470: the whole script's limit; new work stops starting ~3 minutes
 # before it). An out-of-memory configuration is reported as OOM and the rest goes on.
@@ -30,7 +30,10 @@ DATA_SAMPLES=${DATA_SAMPLES:-512}
 DATA_BATCH=${DATA_BATCH:-32}
 WORKERS=${WORKERS:-0,4,8}
 TOTAL_S=${TOTAL_S:-470}
-PYTHON=${PYTHON:-python}
+# the interpreter: $PYTHON, else this checkout's .venv (scripts/setup.sh), else python3 (never a bare `python`)
+venv_python="$here/../.venv/bin/python"
+[ -x "$venv_python" ] || venv_python=python3
+PYTHON=${PYTHON:-$venv_python}
 export HF_HUB_OFFLINE=1
 export PYTHONPATH="$here/..${PYTHONPATH:+:$PYTHONPATH}"
 

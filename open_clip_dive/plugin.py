@@ -28,6 +28,7 @@ from .losses import create_loss as registry_create_loss
 from .losses import needs_frozen, needs_reference
 from .params import PLUGIN_FLAGS_DEST, validate
 from .params import parse_args as plugin_parse_args
+from .provenance import check_training, training_preprocess
 from .raw_features import check_raw_features
 from .reference import build_reference, frozen_copy
 from .refcache import ReferenceCache, check_cache, model_fingerprint
@@ -199,6 +200,7 @@ def parse_args(argv):
             import open_clip
 
             open_clip.add_model_config(path)
+        check_training(args)  # QuickGELU vs GELU of --pretrained / --resume / --dive-ref-pretrained
     return args
 
 
@@ -226,8 +228,10 @@ def init_distributed_device(args):
 
 
 def create_model_and_transforms(*args, **kwargs):
-    result = UPSTREAM["create_model_and_transforms"](*args, **kwargs)
     run = _run
+    if run is not None and run.active and not run.model_built:  # a fine-tuned FILE gets its tag's preprocessing
+        kwargs = training_preprocess(run.args, kwargs)
+    result = UPSTREAM["create_model_and_transforms"](*args, **kwargs)
     if run is None or not run.active or run.model_built:
         return result  # the distill teacher, or plain open_clip
     run.model_built = True

@@ -14,7 +14,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$HERE/.venv/bin/python}"  # setup.sh passes its venv's; never a bare `python`
+[ -x "$PYTHON" ] || command -v "$PYTHON" >/dev/null || { echo "install_default_data.sh: PYTHON=$PYTHON not found; run scripts/setup.sh or set PYTHON" >&2; exit 2; }
 CACHE="${OPEN_CLIP_DIVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/open_clip_dive}"
 NPM_DIR="$CACHE/npm"
 NPM_PACKAGES=(emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0)

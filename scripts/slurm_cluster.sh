@@ -14,6 +14,7 @@
 #                    that `sbatch --nodes=2` gives a real multi-node srun
 #   --cpus N         CPUs each node advertises (default: max(nproc, 2); more than the machine has is allowed)
 #   --no-install     fail instead of running apt-get when a binary is missing
+# environment: PYTHON (default python3) finds the free ports.
 #
 # Nothing outside DIR is written except by apt-get: the cluster uses its own munged (own key and socket, via
 # AuthInfo=socket=...), free TCP ports chosen at `up`, and SLURM_CONF instead of /etc/slurm/slurm.conf, so it
@@ -70,7 +71,7 @@ stop_pid() {  # stop_pid FILE NAME
 }
 
 free_port() {
-    python3 - <<'PY'
+    "${PYTHON:-python3}" - <<'PY'
 import socket
 s = socket.socket()
 s.bind(("127.0.0.1", 0))

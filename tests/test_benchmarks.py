@@ -27,7 +27,7 @@ def _number(cell):
 
 def test_gpu_script_dry_run_on_cpu_prints_step_memory_and_data_tables(tmp_path):
     out = tmp_path / "gpu.md"
-    env = subprocess_env(DEVICE="cpu", MODEL="tiny", BATCH="4", ROUNDS="1", STEPS="1", PRECISIONS="fp32",
+    env = subprocess_env(PYTHON=sys.executable, DEVICE="cpu", MODEL="tiny", BATCH="4", ROUNDS="1", STEPS="1", PRECISIONS="fp32",
                          FRACTIONS="0.5,1", STEP_ARGS="--memory-fractions 0.5 --no-memory-checkpointing --clock cpu",
                          DATA_SAMPLES="24", DATA_BATCH="8", WORKERS="0", TOTAL_S="400")
     result = subprocess.run(["bash", os.path.join(BENCH, "gpu.sh"), str(out)], env=env, capture_output=True,

@@ -28,9 +28,10 @@ class TableTextModel:
     def tokenizer(self, texts):
         return torch.tensor([self.prompts.index(t) for t in texts])
 
-    def encode_text(self, tokens):
+    def encode_text(self, tokens, normalize=False):  # open_clip's signature (build_zero_shot_classifier normalises)
         self.calls += 1
-        return torch.stack([torch.tensor(self.table[self.prompts[i]], dtype=torch.float32) for i in tokens.tolist()])
+        out = torch.stack([torch.tensor(self.table[self.prompts[i]], dtype=torch.float32) for i in tokens.tolist()])
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
 
 def hand_built_case():

@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import DiveUsageError
 from . import datasets as D
 from .data import _log, file_lock
 
@@ -352,43 +353,17 @@ def load_default_model(model_dir: Optional[str] = None, device: str = "cpu"):
 
 def zero_shot_accuracy(model, preprocess, tokenizer, shards: str, classnames: List[str], templates: List[str],
                        max_samples: Optional[int] = None, batch_size: int = 200) -> Dict[str, float]:
-    """Top-1 zero-shot accuracy on class-labelled shards (prompt ensemble over `templates`)."""
-    import torch
-    import torch.nn.functional as F
-    import webdataset as wds
+    """Top-1 zero-shot accuracy on class-labelled shards (prompt ensemble over `templates`, the first
+    `max_samples` samples), computed by the evaluator (open_clip_dive.evaluate) like every other number."""
+    from ..evaluate import DatasetSpec, EvalConfig, SuiteEvaluator
 
-    with torch.inference_mode():
-        heads = []
-        for c in classnames:
-            e = F.normalize(model.encode_text(tokenizer([t.replace("{}", c) for t in templates])), dim=-1)
-            heads.append(F.normalize(e.mean(0), dim=-1))
-        head = torch.stack(heads)
-        ds = wds.WebDataset(shards, shardshuffle=False).decode("pil") \
-            .to_tuple("png;jpg;jpeg;webp", "cls").map_tuple(lambda im: preprocess(im.convert("RGB")), int)
-        correct = n = 0
-        batch, labels = [], []
-
-        def flush():
-            nonlocal correct, n
-            x = torch.stack(batch).contiguous(memory_format=torch.channels_last)
-            pred = (F.normalize(model.encode_image(x), dim=-1) @ head.T).argmax(1)
-            correct += int((pred == torch.tensor(labels)).sum())
-            n += len(labels)
-            batch.clear()
-            labels.clear()
-
-        model.visual.to(memory_format=torch.channels_last)
-        for img, y in ds:
-            batch.append(img)
-            labels.append(y)
-            if len(batch) == batch_size:
-                flush()
-            if max_samples and n + len(batch) >= max_samples:
-                break
-        if batch:
-            flush()
-        model.visual.to(memory_format=torch.contiguous_format)
-    return {"top1": correct / max(1, n), "n": n, "chance": 1.0 / len(classnames)}
+    spec = DatasetSpec(name="zero-shot", type="wds", path=shards, classnames=list(classnames),
+                       templates=list(templates), max_samples=max_samples)
+    evaluator = SuiteEvaluator([spec], EvalConfig(batch_size=batch_size, workers=0, progress=False))
+    result = evaluator.evaluate(model, preprocess, tokenizer, "default")["datasets"][spec.name]
+    if "error" in result:
+        raise DiveUsageError(f"zero-shot accuracy on '{shards}': {result['error']}")
+    return {"top1": result["top1"], "n": result["n"], "chance": 1.0 / len(classnames)}
 
 
 def report(model_dir: Optional[str] = None, data: Optional[dict] = None, max_samples: Optional[int] = 2000,
@@ -435,8 +410,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the report to this JSON file")
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
-    from ..errors import DiveUsageError
-
     try:
         model_dir = os.path.abspath(args.dir or default_model_dir())
         if args.rebuild:

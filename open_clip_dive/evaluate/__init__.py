@@ -8,7 +8,6 @@ import logging
 import os
 from typing import Dict
 
-from ..errors import DiveUsageError
 from .geometry import geometry_report, rsa
 from .heads import build_zeroshot_head, zeroshot_logits
 from .metrics import classification_metrics, macro_f1, project_logits
@@ -27,10 +26,11 @@ def _training_suite(args):
 
 
 def check_eval_suite(args) -> None:
-    """Call at start-up when --dive-eval-suite is set: a bad suite name / file / paths file raises DiveUsageError
-    now rather than after the first epoch. (Missing data is only reported when evaluating, per dataset.)"""
+    """Call at start-up when --dive-eval-suite is set: a bad suite name / file / paths file, or a suite no data can
+    score (primary top5 on 5 classes or fewer), raises DiveUsageError now rather than after the first epoch.
+    Every dataset is prepared (paths, class lists): one that cannot be is logged now and left out at every epoch."""
     if getattr(args, "dive_eval_suite", None):
-        _training_suite(args)
+        SuiteEvaluator(_training_suite(args), EvalConfig())
 
 
 def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer) -> Dict[str, float]:
@@ -40,19 +40,28 @@ def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer) -> Dict
     Optional args: dive_eval_data_paths (YAML/JSON {dataset: path}), dive_eval_max_samples, workers.
     Writes <logs>/<name>/dive_eval/epoch_<epoch>/results.json (+ .md, .csv) and returns flat metrics:
     `dive_eval/<dataset>/top1|top5|macro_f1` and `dive_eval/id|ood_avg|zeroshot_avg`.
-    A dataset that fails is logged and left out; training is never stopped by evaluation data or suite files
-    (call `check_eval_suite(args)` at start-up to reject a bad suite before training).
+    A dataset that fails is logged and left out; nothing raised here reaches the trainer (an error is logged and
+    {} returned), so evaluation never stops training (call `check_eval_suite(args)` at start-up to reject a bad
+    suite before training).
     """
-    from .report import write_reports
     from .runner import log as eval_log
+    from .runner import one_line
 
     if getattr(args, "rank", 0) != 0 or not getattr(args, "dive_eval_suite", None):
         return {}
     try:
-        specs = _training_suite(args)
-    except DiveUsageError as e:  # check_eval_suite() catches this at start-up; never stop a run over it here
-        eval_log.error(f"dive-eval: {e}")
+        return _evaluate(model, args, epoch, preprocess, tokenizer)
+    except Exception as e:  # check_eval_suite() catches bad suites at start-up; never stop a run over one here
+        eval_log.error(f"dive-eval: epoch {epoch} not evaluated, training goes on: {one_line(e)}")
+        eval_log.debug("traceback", exc_info=True)
         return {}
+
+
+def _evaluate(model, args, epoch: int, preprocess, tokenizer) -> Dict[str, float]:
+    from .report import write_reports
+    from .runner import log as eval_log
+
+    specs = _training_suite(args)
     config = EvalConfig(device=str(getattr(args, "device", "cpu")), precision=getattr(args, "precision", "fp32"),
                         batch_size=getattr(args, "batch_size", 256), workers=getattr(args, "workers", 0), progress=False)
     if not eval_log.handlers and not logging.getLogger().handlers:

@@ -15,7 +15,9 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .. import provenance
 from ..errors import DiveUsageError
+from ..optional import require
 from .geometry import geometry_report
 from .models import ModelError, add_model_configs, load_model
 from .report import comparison_markdown, load_results, write_reports
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fine-tuned run: label and checkpoint (open_clip epoch_N.pt, or local-dir:PATH); repeat")
     g.add_argument("--model-config", action="append", default=[], metavar="PATH",
                    help="extra open_clip model config JSON (file or folder), registered before loading")
+    g.add_argument("--force-quick-gelu", action="store_true",
+                   help="build every run with QuickGELU, as open_clip's flag of that name (OpenAI weights are "
+                        "QuickGELU: prefer a '-quickgelu' model, e.g. ViT-B-16-quickgelu)")
     g = p.add_argument_group("datasets")
     g.add_argument("--suite", action="append", default=[],
                    help=f"built-in suite ({', '.join(SUITES)}) or a YAML/JSON suite file; repeat or comma-separate")
@@ -62,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16"],
                    help="amp: fp16 autocast on GPU (bf16 on CPU); weights stay fp32")
     g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--text-batch-size", type=int, default=256, help="prompts per text-tower batch when building heads")
+    g.add_argument("--text-batch-size", type=int, default=256, help="prompts per text-tower batch when building heads (rounded down to whole classes)")
     g.add_argument("--workers", type=int, default=4, help="data loader workers")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars (log lines only)")
     g = p.add_argument_group("output")
@@ -108,6 +113,23 @@ def _parse_runs(args) -> List[Dict[str, Optional[str]]]:
     return runs
 
 
+def _check_runs(args, runs) -> Dict[str, object]:
+    """Before any model is built: every run's activation matches --model (else one line, exit 2), and the one
+    preprocessing of the evaluation: that of the pre-trained weights (their tag, or a file's params.txt chain),
+    else the first fine-tuned run's recorded one; open_clip's defaults when nothing says."""
+    trained = {r["label"]: provenance.check_activation(f"run '{r['label']}':", r["checkpoint"], args.model,
+                                                       args.force_quick_gelu) for r in runs}
+    known = [(label, t) for label, t in trained.items() if t.preprocess]
+    if not known:
+        return {"config": None, "source": "open_clip's defaults for the model (no tag or params.txt says otherwise)"}
+    label, chosen = known[0]
+    for other, t in known[1:]:
+        if not provenance.same_preprocess(t.preprocess, chosen.preprocess):
+            log.warning(f"WARNING run '{other}' was trained with preprocessing {provenance.describe(t.preprocess)} "
+                        f"({t.source}); every run is evaluated with that of '{label}'")
+    return {"config": chosen.preprocess, "source": f"run '{label}': {chosen.source}"}
+
+
 def _versions() -> Dict[str, str]:
     import open_clip
 
@@ -118,6 +140,8 @@ def _versions() -> Dict[str, str]:
 
 
 def run(args) -> int:
+    if not args.no_plots:
+        require("matplotlib", "matplotlib", "the plots (--no-plots skips them)")
     if args.report:
         results = load_results(args.report)
         files = write_reports(results, args.output_dir, plots=not args.no_plots)
@@ -136,16 +160,20 @@ def run(args) -> int:
         paths.update(parse_data_path(item))
     specs = resolve_suite(args.suite, paths, args.dataset, args.max_samples)
     alphas = parse_alphas(args.wise_ft) if args.wise_ft else []
+    preprocess = _check_runs(args, runs)
     finetuned = [r for r in runs if r["role"] == "finetuned"]
     rsa_source = args.rsa_data or next((s.name for s in specs if s.group == "id"), specs[0].name)
     if args.rsa_data and args.rsa_data not in {s.name for s in specs}:
         raise DiveUsageError(f"--rsa-data '{args.rsa_data}' is not a dataset of the suite: {[s.name for s in specs]}")
     do_rsa = bool(finetuned) and not args.no_rsa
+    if do_rsa:  # checked before any model is built, not after the first run
+        require("scipy.stats", "scipy", "RSA (--no-rsa skips it)")
 
     config = EvalConfig(device=args.device, precision=args.precision, batch_size=args.batch_size,
                         text_batch_size=args.text_batch_size, workers=args.workers, progress=not args.no_progress,
                         default_templates=args.templates)
     log.info(f"suite: {', '.join(f'{s.name} [{s.group}]' for s in specs)}")
+    log.info(f"preprocessing of every run: {provenance.describe(preprocess['config'])} ({preprocess['source']})")
     evaluator = SuiteEvaluator(specs, config)
     errors = [f"{name}: {msg}" for name, msg in evaluator.prepare_errors.items()]
     results: Dict = {"settings": {}, "runs": {}, "wise_ft": {}, "errors": errors}
@@ -155,7 +183,8 @@ def run(args) -> int:
     for r in runs:
         label = r["label"]
         try:
-            loaded = load_model(label, args.model, r["checkpoint"], args.device)
+            loaded = load_model(label, args.model, r["checkpoint"], args.device, args.force_quick_gelu,
+                                preprocess["config"])
         except ModelError as e:
             log.error(f"ERROR {e}")
             errors.append(str(e))
@@ -165,7 +194,8 @@ def run(args) -> int:
         out = evaluator.evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, label)
         errors.extend(f"{label} | {n}: {d['error']}" for n, d in out["datasets"].items()
                       if "error" in d and n not in evaluator.prepare_errors)
-        entry = {"role": r["role"], "model": loaded.model_name, "checkpoint": r["checkpoint"], **out, "geometry": None}
+        entry = {"role": r["role"], "model": loaded.model_name, "checkpoint": r["checkpoint"],
+                 "preprocess": dict(getattr(loaded.model.visual, "preprocess_cfg", {}) or {}), **out, "geometry": None}
         results["runs"][label] = entry
 
         if do_rsa:
@@ -194,7 +224,8 @@ def run(args) -> int:
 
     results["settings"] = {
         "command": " ".join(sys.argv), "time": datetime.datetime.now().isoformat(timespec="seconds"),
-        "model": args.model, "runs": {r["label"]: {"role": r["role"], "checkpoint": r["checkpoint"]} for r in runs},
+        "model": args.model, "force_quick_gelu": args.force_quick_gelu, "preprocess": preprocess,
+        "runs": {r["label"]: {"role": r["role"], "checkpoint": r["checkpoint"]} for r in runs},
         "suite": evaluator.settings(), "default_templates": args.templates, "device": args.device,
         "precision": args.precision, "batch_size": args.batch_size, "workers": args.workers,
         "max_samples": args.max_samples,

@@ -8,6 +8,7 @@ already on disk (download is never attempted).
 import dataclasses
 import glob
 import json
+import logging
 import os
 import re
 import warnings
@@ -20,7 +21,11 @@ from PIL import Image
 
 from ..errors import DiveUsageError
 from ..prompts import load_classnames, load_templates
-from .suites import DatasetError, DatasetSpec
+from .suites import DatasetError, DatasetSpec, SuiteError
+
+log = logging.getLogger("open_clip_dive.evaluate")
+CLIP_BENCHMARK_INSTALL = "requests && pip install --no-deps clip-benchmark==1.6.2"  # --no-deps: see docs/evaluating.md
+WHOLE_DATASET = "all (no train/test split)"  # what CLIP_benchmark reads for caltech101, sun397 and eurosat
 
 Template = Callable[[str], str]
 CLASSLISTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "classlists")
@@ -304,11 +309,12 @@ def prepare(spec: DatasetSpec, default_templates="openai") -> PreparedDataset:
     kind = spec.type
     if kind == "auto":
         kind = _detect_type(spec)
-    if kind == "wds":
-        return _prepare_wds(spec, default_templates)
-    if kind == "imagefolder":
-        return _prepare_imagefolder(spec, default_templates)
-    return _prepare_clip_benchmark(spec, default_templates)
+    build = {"wds": _prepare_wds, "imagefolder": _prepare_imagefolder}.get(kind, _prepare_clip_benchmark)
+    ds = build(spec, default_templates)
+    if spec.primary == "top5" and len(ds.classnames) <= 5:
+        raise SuiteError(f"dataset '{spec.name}': primary top5 needs more than 5 classes (it has "
+                         f"{len(ds.classnames)}, so top-5 would be 100% by construction); use primary: top1 or macro_f1")
+    return ds
 
 
 def _detect_type(spec: DatasetSpec) -> str:
@@ -470,11 +476,14 @@ def _prepare_clip_benchmark(spec: DatasetSpec, default_templates) -> PreparedDat
                            f"{spec.source or 'see docs/evaluating.md'})")
     try:
         from clip_benchmark.datasets.builder import build_dataset
-    except ImportError:
-        raise DatasetError(f"dataset '{spec.name}' needs CLIP_benchmark: pip install --no-deps clip-benchmark==1.6.2") from None
+    except ImportError as e:
+        missing = (getattr(e, "name", None) or "clip_benchmark").split(".")[0]
+        raise DatasetError(f"dataset '{spec.name}' needs CLIP_benchmark: " + (
+            f"pip install {CLIP_BENCHMARK_INSTALL}" if missing == "clip_benchmark" else
+            f"its dependency {missing} is missing: pip install {missing}")) from None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             ds = build_dataset(name, root=spec.path, transform=None, split=spec.split, download=False)
     except Exception as e:  # torchvision: "Dataset not found or corrupted", asserts on split names, ...
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -495,5 +504,13 @@ def _prepare_clip_benchmark(spec: DatasetSpec, default_templates) -> PreparedDat
     groups = [[i] for i in subset] if subset else None
     classnames = [head[i] for i in subset] if subset else head
     n = len(ds) if spec.max_samples is None else min(len(ds), spec.max_samples)
-    return PreparedDataset(spec, "clip_benchmark", head, classnames, templates, desc, groups, n,
-                           {"cb_name": name, "split": spec.split}, _cb=ds)
+    details = {"cb_name": name, "split": spec.split}
+    for w in caught:  # never hidden: logged, and an ignored split is recorded as what was really read
+        text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else w.category.__name__
+        if "split argument ignored" in text:
+            details["split"] = WHOLE_DATASET
+            log.warning(f"WARNING dataset '{spec.name}': CLIP_benchmark has no '{spec.split}' split for '{name}' "
+                        f"and reads the whole dataset ({len(ds)} images); results record split '{WHOLE_DATASET}'")
+        else:
+            log.warning(f"WARNING dataset '{spec.name}': CLIP_benchmark: {text}")
+    return PreparedDataset(spec, "clip_benchmark", head, classnames, templates, desc, groups, n, details, _cb=ds)

@@ -26,7 +26,8 @@ from typing import Dict
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
+
+from ..optional import require
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -49,6 +50,7 @@ def upper_triangle(m: np.ndarray) -> np.ndarray:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    rankdata = require("scipy.stats", "scipy", "RSA (Spearman ranks)").rankdata
     ra, rb = rankdata(a), rankdata(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = np.sqrt((ra * ra).sum() * (rb * rb).sum())

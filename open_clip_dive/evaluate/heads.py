@@ -1,16 +1,19 @@
 """Zero-shot classifier heads: class names x templates -> one unit vector per class.
 
 The head of class c is normalize(mean_t normalize(g(template_t(c)))): the L2-normalised text embeddings are
-averaged over the templates and renormalised (CLIP / WiSE-FT / FLYP's `zeroshot.py` convention). It is always
-built with the text tower of the model being evaluated, so a fine-tuned model is scored with its own head.
+averaged over the templates and renormalised (CLIP / WiSE-FT / FLYP's `zeroshot.py` convention), which is what
+open_clip's `build_zero_shot_classifier` computes. It is always built with the text tower of the model being
+evaluated, so a fine-tuned model is scored with its own head.
 """
 
 import contextlib
 import hashlib
-from typing import Callable, Dict, List, Optional, Sequence
+import json
+from typing import Callable, Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip import build_zero_shot_classifier
 
 Template = Callable[[str], str]
 
@@ -23,33 +26,18 @@ def render_prompts(classnames: Sequence[str], templates: Sequence[Template]) -> 
 @torch.no_grad()
 def build_zeroshot_head(model, tokenizer, classnames: Sequence[str], templates: Sequence[Template],
                         device="cpu", batch_size: int = 256, autocast=contextlib.nullcontext,
-                        progress: bool = False, desc: str = "head") -> torch.Tensor:
-    """[D, C] float32 head. Prompts are encoded in batches of `batch_size` texts and summed per class,
-    so memory stays O(C * D) however many templates there are."""
+                        progress: bool = False) -> torch.Tensor:
+    """[D, C] float32 head from open_clip's build_zero_shot_classifier. `batch_size` prompts (rounded down to
+    whole classes, at least one class) go through the text tower at a time, so memory stays O(batch)."""
     if not classnames:
         raise ValueError("no class names to build a head from")
     if not templates:
         raise ValueError("no templates to build a head from")
-    prompts = render_prompts(classnames, templates)
-    num_t = len(templates)
-    sums: Optional[torch.Tensor] = None
-    starts = range(0, len(prompts), batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
-    for start in starts:
-        chunk = prompts[start:start + batch_size]
-        tokens = tokenizer(chunk).to(device)
-        with autocast():
-            emb = model.encode_text(tokens)
-        emb = F.normalize(emb.float(), dim=-1)
-        if sums is None:
-            sums = torch.zeros(len(classnames), emb.shape[1], dtype=torch.float32, device=emb.device)
-        owner = torch.arange(start, start + len(chunk), device=emb.device) // num_t
-        sums.index_add_(0, owner, emb)
-    head = F.normalize(sums / num_t, dim=-1)
-    return head.t().contiguous()
+    with autocast():
+        head = build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
+                                          num_classes_per_batch=max(1, batch_size // len(templates)),
+                                          device=device, use_tqdm=progress)
+    return head.float().contiguous()
 
 
 def zeroshot_logits(image_features: torch.Tensor, head: torch.Tensor, logit_scale: float = 1.0) -> torch.Tensor:
@@ -66,7 +54,9 @@ class HeadCache:
 
     @staticmethod
     def key(classnames: Sequence[str], templates: Sequence[Template]) -> str:
-        return hashlib.sha1("\x00".join(render_prompts(classnames, templates)).encode()).hexdigest()
+        """The prompts grouped per class: one class with two prompts never shares a key with two classes of one."""
+        per_class = [[t(c) for t in templates] for c in classnames]
+        return hashlib.sha1(json.dumps(per_class).encode()).hexdigest()
 
     def get(self, model, tokenizer, classnames, templates, **kwargs) -> torch.Tensor:
         k = self.key(classnames, templates)

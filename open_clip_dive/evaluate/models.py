@@ -3,11 +3,12 @@
 import contextlib
 import dataclasses
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 from ..errors import DiveUsageError
+from ..provenance import preprocess_kwargs, trained_with
 
 
 class ModelError(DiveUsageError):
@@ -34,19 +35,10 @@ def add_model_configs(paths) -> None:
         open_clip.add_model_config(path)
 
 
-def _trained_with(checkpoint: str) -> Optional[str]:
-    """The --model recorded in the run's params.txt (logs/<name>/checkpoints/epoch_N.pt -> logs/<name>/params.txt)."""
-    params = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "params.txt")
-    if os.path.isfile(params):
-        with open(params) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model":
-                    return value.strip()
-    return None
-
-
-def load_model(label: str, model_name: str, pretrained: Optional[str], device="cpu") -> LoadedModel:
+def load_model(label: str, model_name: str, pretrained: Optional[str], device="cpu", force_quick_gelu: bool = False,
+               preprocess: Optional[Dict[str, object]] = None) -> LoadedModel:
+    """`preprocess`: the mean / std / interpolation / resize mode to use instead of what open_clip would pick for
+    this `pretrained` (one evaluation uses one preprocessing for every run; see provenance.py)."""
     import open_clip
 
     checkpoint_over_local_dir = None
@@ -63,8 +55,9 @@ def load_model(label: str, model_name: str, pretrained: Optional[str], device="c
         raise ModelError(f"run '{label}': unknown model '{model_name}'; see open_clip.list_models(), or register a "
                          f"config with --model-config FILE")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device, precision="fp32")  # amp: autocast over fp32 weights
+        model, _, transform = open_clip.create_model_and_transforms(  # amp: autocast over fp32 weights
+            model_name, pretrained=pretrained, device=device, precision="fp32", force_quick_gelu=force_quick_gelu,
+            **preprocess_kwargs(preprocess))
         if checkpoint_over_local_dir:
             open_clip.load_checkpoint(model, checkpoint_over_local_dir, device=device)
             pretrained = checkpoint_over_local_dir
@@ -72,7 +65,7 @@ def load_model(label: str, model_name: str, pretrained: Optional[str], device="c
         text = str(e)
         if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
             detail = next((line.strip() for line in text.splitlines() if "size mismatch" in line or "key" in line), "")
-            hint = _trained_with(pretrained) if pretrained else None
+            hint = trained_with(pretrained, model_name).model if pretrained else None
             hint = f"; its params.txt says --model {hint}" if hint and hint != model_name else ""
             raise ModelError(f"run '{label}': checkpoint '{pretrained}' is for another architecture than --model "
                              f"{model_name} ({detail[:160]}){hint}") from None
@@ -84,7 +77,7 @@ def load_model(label: str, model_name: str, pretrained: Optional[str], device="c
     # channels-last convolutions: ~1.7x faster for the default EfficientNet tower on CPU, a no-op for ViT
     model.visual.to(memory_format=torch.channels_last)
     tokenizer = open_clip.get_tokenizer(model_name)
-    return LoadedModel(label, model, preprocess, tokenizer, model_name, pretrained)
+    return LoadedModel(label, model, transform, tokenizer, model_name, pretrained)
 
 
 def autocast_for(precision: str, device) -> "contextlib.AbstractContextManager":

@@ -4,7 +4,7 @@ Every figure is FIGSIZE at DPI with no tight bounding box, so each PNG is exactl
 """
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .report import AVG_KEYS, cell, column_title, table_columns  # noqa: E402
+from .table import AVG_KEYS, PARTIAL, average, cell, column_title, table_columns  # noqa: E402
 
 FIGSIZE = (10.0, 5.0)
 DPI = 100
@@ -79,31 +79,46 @@ def wiseft_curves(results: Dict, out_dir: str) -> Dict[str, str]:
     """ID vs OOD avg and ID vs ZS avg, one line per run, each point labelled with its alpha."""
     sweeps = results.get("wise_ft") or {}
     files = {}
-    for y_key, y_title, name in (("ood_avg", "OOD avg", "wiseft_id_vs_ood"), ("zeroshot_avg", "zero-shot avg", "wiseft_id_vs_zeroshot")):
-        lines = {}
-        for label, points in sweeps.items():
-            pts = [(p["alpha"], p["summary"].get("id"), p["summary"].get(y_key)) for p in points]
-            pts = [(a, 100 * x, 100 * y) for a, x, y in pts if x is not None and y is not None]
-            if pts:
-                lines[label] = pts
+    for y_group, y_title, name in (("ood", "OOD avg", "wiseft_id_vs_ood"), ("zeroshot", "zero-shot avg", "wiseft_id_vs_zeroshot")):
+        lines = wiseft_points(sweeps, y_group)
         if not lines:
             continue
         fig, ax = plt.subplots(figsize=FIGSIZE)
         starts = [pts[0] for pts in lines.values() if pts[0][0] == 0.0]
         if starts:  # alpha 0 is the pre-trained model, common to every curve
             ax.scatter([starts[0][1]], [starts[0][2]], marker="*", s=250, color="black", zorder=3, label="pre-trained")
+        partial = False
         for label, pts in lines.items():
             ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=label)
-            for a, x, y in pts:
-                if a in (0.0, 0.5, 1.0) or len(pts) <= 6:
-                    ax.annotate(f"{a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            for a, x, y, text in pts:
+                partial = partial or text.endswith(PARTIAL)
+                if a in (0.0, 0.5, 1.0) or len(pts) <= 6 or text.endswith(PARTIAL):
+                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel("ID (%)")
         ax.set_ylabel(f"{y_title} (%)")
-        ax.set_title(f"WiSE-FT: ID vs {y_title} (labels = alpha; 0 = pre-trained, 1 = fine-tuned)")
+        note = f"; {PARTIAL} = partial average" if partial else ""
+        ax.set_title(f"WiSE-FT: ID vs {y_title} (labels = alpha; 0 = pre-trained, 1 = fine-tuned{note})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         files[name] = _save(fig, os.path.join(out_dir, f"{name}.png"))
     return files
+
+
+def wiseft_points(sweeps: Dict, y_group: str) -> Dict[str, List[Tuple[float, float, float, str]]]:
+    """{run: [(alpha, ID %, y %, label)]}: the label is the alpha, with PARTIAL when either average of the point
+    is over fewer datasets than the suite lists (as in the tables)."""
+    lines = {}
+    for label, points in sweeps.items():
+        pts = []
+        for p in points:
+            s = p["summary"]
+            x, y = average(s, "id")[0], average(s, y_group)[0]
+            if x is not None and y is not None:
+                star = PARTIAL if s.get("id_partial") or s.get(f"{y_group}_partial") else ""
+                pts.append((p["alpha"], x, y, f"{p['alpha']:g}{star}"))
+        if pts:
+            lines[label] = pts
+    return lines
 
 
 def write_plots(results: Dict, out_dir: str) -> Dict[str, str]:

@@ -8,11 +8,9 @@ percent. An average over fewer datasets than the suite lists carries a '*'; a fa
 import csv
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence
 
-GROUP_TITLES = {"id": "ID", "ood": "OOD", "zeroshot": "zero-shot", "other": "other"}
-AVG_KEYS = {"id": ("id", "ID avg"), "ood": ("ood_avg", "OOD avg"), "zeroshot": ("zeroshot_avg", "ZS avg")}
-RSA_COLUMNS = [("image", "RSA img"), ("text", "RSA txt"), ("joint", "RSA both")]
+from .table import PARTIAL, average, cell, column_title, table_columns
 
 
 def write_json(results: Dict, path: str) -> None:
@@ -36,57 +34,6 @@ def load_results(paths: Sequence[str]) -> Dict:
         merged["errors"].extend(data.get("errors", []))
         merged["settings"].setdefault("suite", {}).update(data.get("settings", {}).get("suite", {}))
     return merged
-
-
-def table_columns(results: Dict) -> List[Tuple[str, str, Optional[str]]]:
-    """[(kind, key, group)]: kind 'dataset' (key = name), 'avg' (key = summary key) or 'rsa' (key = modality)."""
-    order: Dict[str, List[str]] = {"id": [], "ood": [], "zeroshot": [], "other": []}
-    for run in results["runs"].values():
-        for name, r in run.get("datasets", {}).items():
-            group = r.get("group", "other")
-            if name not in order[group]:
-                order[group].append(name)
-    cols: List[Tuple[str, str, Optional[str]]] = []
-    for group in ("id", "ood", "zeroshot", "other"):
-        cols += [("dataset", n, group) for n in order[group]]
-        if group in AVG_KEYS and (len(order[group]) > 1 or (group != "id" and order[group])):
-            cols.append(("avg", AVG_KEYS[group][0], group))
-    if any(run.get("geometry") for run in results["runs"].values()):
-        cols += [("rsa", key, None) for key, _ in RSA_COLUMNS]
-    return cols
-
-
-def column_title(col) -> str:
-    kind, key, group = col
-    if kind == "dataset":
-        return f"{key} (ID)" if group == "id" else key
-    if kind == "avg":
-        return AVG_KEYS[group][1]
-    return dict(RSA_COLUMNS)[key]
-
-
-def cell(run: Dict, col) -> Tuple[Optional[float], str]:
-    """(number for CSV / plots, text for the markdown table)."""
-    kind, key, group = col
-    if run.get("error"):  # the run itself could not be loaded
-        return None, "error"
-    if kind == "dataset":
-        r = run.get("datasets", {}).get(key)
-        if r is None:
-            return None, ""
-        if "error" in r:
-            return None, "error"
-        return 100 * r["score"], f"{100 * r['score']:.2f}"
-    if kind == "avg":
-        s = run.get("summary", {})
-        v = s.get(key)
-        if v is None:
-            return None, "-"
-        star = "*" if s.get(f"{group}_partial") else ""
-        return 100 * v, f"{100 * v:.2f}{star}"
-    geometry = run.get("geometry") or {}
-    v = geometry.get(key, {}).get("rsa_cosine")
-    return (v, f"{v:.3f}") if v is not None else (None, "-")
 
 
 def comparison_rows(results: Dict):
@@ -133,16 +80,14 @@ def wiseft_markdown(results: Dict) -> str:
     rows = []
     for label, points in (results.get("wise_ft") or {}).items():
         for p in points:
-            s = p["summary"]
-            fmt = lambda k: "-" if s.get(k) is None else f"{100 * s[k]:.2f}"  # noqa: E731
-            rows.append([label, f"{p['alpha']:.2f}", fmt("id"), fmt("ood_avg"), fmt("zeroshot_avg")])
+            rows.append([label, f"{p['alpha']:.2f}"] + [average(p["summary"], g)[1] for g in ("id", "ood", "zeroshot")])
     return markdown_table(["run", "alpha", "ID", "OOD avg", "ZS avg"], rows) if rows else ""
 
 
 def full_markdown(results: Dict) -> str:
-    parts = ["# Evaluation results", "", "Scores in percent (primary metric per dataset: top-1, or macro-F1 where the "
+    parts = ["# Evaluation results", "", f"Scores in percent (primary metric per dataset: top-1, or macro-F1 where the "
              "field reports it); RSA = Spearman of cosine-similarity upper triangles against the pre-trained model. "
-             "`*` = average over fewer datasets than the suite lists (see errors).", "", comparison_markdown(results)]
+             f"`{PARTIAL}` = average over fewer datasets than the suite lists (see errors).", "", comparison_markdown(results)]
     geometry = geometry_markdown(results)
     if geometry:
         parts += ["", "## Geometry (RSA variants and difference vectors u = z_ft - z_pre)", "", geometry]
@@ -151,10 +96,11 @@ def full_markdown(results: Dict) -> str:
         parts += ["", "## WiSE-FT sweeps", "", wise]
     suite = results.get("settings", {}).get("suite", {})
     if suite:
-        rows = [[n, str(d.get("group", "")), str(d.get("type", "")), str(d.get("path", "")), str(d.get("classes", "")),
-                 str(d.get("templates", "")), str(d.get("projection", "")), str(d.get("primary", ""))] for n, d in suite.items()]
+        rows = [[n, str(d.get("group", "")), str(d.get("type", "")), str(d.get("path", "")), str(d.get("split", "")),
+                 str(d.get("classes", "")), str(d.get("templates", "")), str(d.get("projection", "")),
+                 str(d.get("primary", ""))] for n, d in suite.items()]
         parts += ["", "## Datasets", "", markdown_table(
-            ["dataset", "group", "type", "path", "classes", "templates", "projection", "primary"], rows)]
+            ["dataset", "group", "type", "path", "split", "classes", "templates", "projection", "primary"], rows)]
     if results.get("errors"):
         parts += ["", "## Errors", ""] + [f"- {e}" for e in results["errors"]]
     return "\n".join(parts) + "\n"

@@ -17,7 +17,7 @@ from .datasets import PreparedDataset, prepare
 from .heads import HeadCache, zeroshot_logits
 from .metrics import classification_metrics, group_average, project_logits
 from .models import autocast_for, unwrap
-from .suites import DatasetError, DatasetSpec
+from .suites import DatasetError, DatasetSpec, SuiteError
 
 log = logging.getLogger("open_clip_dive.evaluate")
 
@@ -54,6 +54,8 @@ class SuiteEvaluator:
         for spec in self.specs:
             try:
                 self.prepared[spec.name] = prepare(spec, config.default_templates)
+            except SuiteError:  # the suite itself is wrong: refuse it before anything is evaluated
+                raise
             except Exception as e:  # bad path, class list, template file, ...: this dataset only
                 self.prepare_errors[spec.name] = one_line(e)
                 log.error(f"ERROR {spec.name} [{spec.group}]: {one_line(e)}")
@@ -103,10 +105,12 @@ class SuiteEvaluator:
                                f"has {len(ds.classnames)} names; fix the class list or the labels")
         head = heads.get(model, tokenizer, ds.head_classnames, ds.templates, device=self.config.device,
                          batch_size=self.config.text_batch_size, autocast=autocast_for(self.config.precision, self.config.device),
-                         progress=self.config.progress, desc=f"{label}:head")
+                         progress=self.config.progress)
         scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 1.0
         logits = project_logits(zeroshot_logits(feats, head.cpu(), scale), ds.groups)
         metrics = classification_metrics(logits, targets)
+        if metrics[ds.spec.primary] is None:  # prepare() refuses top5 of <= 5 classes; never a None score
+            raise DatasetError(f"dataset '{ds.name}': no {ds.spec.primary} for {logits.shape[1]} classes")
         metrics.update(group=ds.spec.group, primary=ds.spec.primary, score=metrics[ds.spec.primary],
                        seconds=round(time.time() - start, 2))
         return metrics

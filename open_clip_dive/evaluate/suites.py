@@ -10,6 +10,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..errors import DiveUsageError
+from ..optional import require
 
 GROUPS = ("id", "ood", "zeroshot", "other")
 TYPES = ("auto", "wds", "imagefolder", "clip_benchmark")
@@ -19,6 +20,10 @@ PRIMARY = ("top1", "top5", "macro_f1")
 
 class DatasetError(DiveUsageError):
     """A problem with one dataset of a suite: reported, the rest of the suite still runs."""
+
+
+class SuiteError(DiveUsageError):
+    """A suite that asks for something no data can give (top-5 of 5 classes): refused before anything runs."""
 
 
 @dataclasses.dataclass
@@ -84,6 +89,7 @@ class DatasetSpec:
 
 # ---------------------------------------------------------------------------------------------------------
 # Presets: the conventions researchers get wrong by hand (paper.md section 2.3). `path` comes from the user.
+NO_SPLIT = "; CLIP_benchmark has no test split: the whole dataset is evaluated"
 IMAGENET_COMMON = dict(classnames="imagenet", templates="openai")
 PRESETS: Dict[str, Dict[str, Any]] = {
     "imagenet": dict(group="id", type="imagefolder", labels="wnid", **IMAGENET_COMMON,
@@ -100,15 +106,15 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                       crop_border=2, **IMAGENET_COMMON,
                       source="objectnet-1.0 (images/ + mappings/): 113 classes, max over mapped ImageNet logits"),
     # zero-shot transfer (CLIP_benchmark builders over data already on disk; download is never attempted)
-    "caltech101": dict(group="zeroshot", type="clip_benchmark", cb_name="caltech101", source="torchvision Caltech101 layout"),
+    "caltech101": dict(group="zeroshot", type="clip_benchmark", cb_name="caltech101", source="torchvision Caltech101 layout" + NO_SPLIT),
     "flowers102": dict(group="zeroshot", type="clip_benchmark", cb_name="flowers", source="torchvision Flowers102 layout"),
     "food101": dict(group="zeroshot", type="clip_benchmark", cb_name="food101", source="torchvision Food101 layout"),
-    "sun397": dict(group="zeroshot", type="clip_benchmark", cb_name="sun397", source="torchvision SUN397 layout"),
+    "sun397": dict(group="zeroshot", type="clip_benchmark", cb_name="sun397", source="torchvision SUN397 layout" + NO_SPLIT),
     "dtd": dict(group="zeroshot", type="clip_benchmark", cb_name="dtd", source="torchvision DTD layout"),
     "fgvc-aircraft": dict(group="zeroshot", type="clip_benchmark", cb_name="fgvc_aircraft", source="torchvision FGVCAircraft layout"),
     "stanford-cars": dict(group="zeroshot", type="clip_benchmark", cb_name="cars", source="torchvision StanfordCars layout"),
     "oxford-pets": dict(group="zeroshot", type="clip_benchmark", cb_name="pets", split="test", source="torchvision OxfordIIITPet layout"),
-    "eurosat": dict(group="zeroshot", type="clip_benchmark", cb_name="eurosat", source="torchvision EuroSAT layout"),
+    "eurosat": dict(group="zeroshot", type="clip_benchmark", cb_name="eurosat", source="torchvision EuroSAT layout" + NO_SPLIT),
     "ucf101": dict(group="zeroshot", type="imagefolder", labels="folder-index", templates="ucf101",
                    source="UCF101 middle frames, one folder per action (CoOp's UCF-101-midframes)"),
     # WILDS iWildCam: macro-F1 is the reported number (FLYP issue 12); data as shards or ImageFolder
@@ -130,12 +136,9 @@ def _read_structured(path: str, what: str) -> Any:
         raise DiveUsageError(f"{what} file '{path}' does not exist")
     with open(path, encoding="utf-8") as f:
         text = f.read()
+    yaml = require("yaml", "pyyaml", f"{what} file '{path}'") if path.endswith((".yaml", ".yml")) else None
     try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            return yaml.safe_load(text)
-        return json.loads(text)
+        return yaml.safe_load(text) if yaml else json.loads(text)
     except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: one line that names the file
         raise DiveUsageError(f"{what} file '{path}' could not be parsed: {str(e).splitlines()[0]}") from None
 

@@ -2,27 +2,35 @@
 logit scale, everything), evaluated along a sweep of a. The form (1 - a) * p + a * f is exact at the ends:
 a = 0 gives theta_pre and a = 1 gives theta_ft bit for bit."""
 
+import math
 from typing import Dict, List
 
 import torch
 
 from ..errors import DiveUsageError
 
+GRID_TOLERANCE = 1e-9  # in steps: 0.3 / 0.1 = 2.9999999999999996 is the grid point 3
+MAX_POINTS = 1001
+
 
 def parse_alphas(text: str) -> List[float]:
-    """'0,0.25,1' or 'START:STOP:STEP' (inclusive, e.g. 0:1:0.1 -> 0.0, 0.1, ..., 1.0)."""
+    """'0,0.25,1' or 'START:STOP:STEP': START, START + STEP, ... up to STOP, which is included when it falls on the
+    grid (0:1:0.1 -> 0.0, 0.1, ..., 1.0; 0:1:0.6 -> 0.0, 0.6; 0:0.5:0.3 -> 0.0, 0.3)."""
     try:
         if ":" in text:
             start, stop, step = (float(x) for x in text.split(":"))
-            if step <= 0:
+            if step <= 0 or stop < start:
                 raise ValueError
-            count = int(round((stop - start) / step)) + 1
+            count = min(math.floor((stop - start) / step + GRID_TOLERANCE) + 1, MAX_POINTS + 1)
             alphas = [round(start + i * step, 10) for i in range(count)]
         else:
             alphas = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DiveUsageError(f"--wise-ft '{text}': expected a comma list (0,0.5,1) or START:STOP:STEP (0:1:0.1)") from None
-    if not alphas or any(a < 0 or a > 1 for a in alphas):
+    except (ValueError, OverflowError):
+        raise DiveUsageError(f"--wise-ft '{text}': expected a comma list (0,0.5,1) or START:STOP:STEP with STEP > 0 and "
+                             "STOP >= START (0:1:0.1)") from None
+    if len(alphas) > MAX_POINTS:
+        raise DiveUsageError(f"--wise-ft '{text}': more than {MAX_POINTS} alphas (each is a full evaluation)")
+    if not alphas or any(not 0 <= a <= 1 for a in alphas):  # also refuses nan
         raise DiveUsageError(f"--wise-ft '{text}': every alpha must lie in [0, 1]")
     return sorted(set(alphas))
 

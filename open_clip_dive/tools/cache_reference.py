@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..data import caption_text, collate, has_image, ToTrainingSample
 from ..checkpoint import atomic_save
 from ..errors import DiveUsageError
+from ..provenance import check_activation, preprocess_kwargs
 from ..params import check_shards
 from ..refcache import CACHE_VERSION, META, embedding_file, model_fingerprint
 
@@ -47,9 +48,11 @@ def parse_args(argv):
 def build_frozen(args):
     for path in args.dive_model_config or ():
         open_clip.add_model_config(path)
+    # the weights' own activation and preprocessing, as the trainer uses them (a file: its run's tag's)
+    trained = check_activation("--pretrained", args.pretrained, args.model, args.force_quick_gelu)
     model, _, preprocess_val = open_clip.create_model_and_transforms(
         args.model, args.pretrained, device=args.device, force_quick_gelu=args.force_quick_gelu,
-        force_image_size=args.force_image_size, output_dict=True)
+        force_image_size=args.force_image_size, output_dict=True, **preprocess_kwargs(trained.preprocess))
     model.eval().requires_grad_(False)
     return model, preprocess_val, open_clip.get_tokenizer(args.model)
 

@@ -9,6 +9,7 @@ are skipped, or fail when DIVE_REQUIRE_SLURM=1 (CI).
 import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -97,7 +98,7 @@ class SlurmCluster:
 
 def _cluster_cmd(action, state_dir, timeout=300):
     return subprocess.run(["bash", CLUSTER_SCRIPT, action, "--state-dir", state_dir], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, "PYTHON": sys.executable})
 
 
 def _unavailable(reason):
