@@ -29,7 +29,8 @@ class FrozenReference(nn.Module):
         param = next(self.model.parameters())
         # outside the trainer's autocast: the embeddings come in the precision chosen by --dive-ref-precision
         with torch.autocast(device_type=param.device.type, enabled=False):
-            out = self.model(images.to(device=param.device, dtype=self.dtype), texts.to(param.device))
+            texts = None if texts is None else texts.to(param.device)  # None: the image tower only
+            out = self.model(images.to(device=param.device, dtype=self.dtype), texts)
         if not isinstance(out, dict):
             out = {"image_features": out[0], "text_features": out[1]}
         return out["image_features"], out["text_features"]
