@@ -157,6 +157,8 @@ def test_evaluator_scores_with_the_trained_head_and_reproduces_the_zero_shot_mod
         assert step0_id[metric] == pre_id[metric], metric
     assert runs["trained"]["classifier_head"] == {"classes": 4}
     assert runs["trained"]["datasets"]["tiny-id"]["top1"] != pre_id["top1"]
+    table = (out / "results.md").read_text()
+    assert re.search(r"\| trained \| [0-9.]+† \| [0-9.]+ \|", table), table  # the ID cell marked, the zero-shot not
     # the step-0 head's logits are the zero-shot logits (not just the same argmax)
     from open_clip_dive.evaluate.heads import build_zeroshot_head
     from open_clip_dive.evaluate.runner import trained_logits
@@ -170,6 +172,16 @@ def test_evaluator_scores_with_the_trained_head_and_reproduces_the_zero_shot_mod
                              load_templates("simple"))
     feats = torch.nn.functional.normalize(torch.randn(16, TINY_MODEL_CFG["embed_dim"]), dim=-1)
     assert torch.allclose(trained_logits(feats, head.weight, head.bias), model.logit_scale.exp() * feats @ zs, atol=1e-5)
+
+
+def test_in_training_evaluation_uses_the_losss_head(tiny_data, tmp_path):
+    from open_clip_dive.evaluate.runner import TEXT_HEAD, TRAINED_HEAD
+
+    assert main(args_for(tiny_data, tmp_path, "evalrun", "--loss", "ce", "--epochs", "1",
+                         "--dive-eval-suite", str(_suite(tmp_path, tiny_data)))) == 0
+    scored = json.loads((tmp_path / "evalrun" / "dive_eval" / "epoch_1" / "results.json").read_text())
+    datasets = scored["runs"]["epoch_1"]["datasets"]
+    assert datasets["tiny-id"]["head"] == TRAINED_HEAD and datasets["tiny-zs"]["head"] == TEXT_HEAD
 
 
 @pytest.mark.parametrize("extra, message", [

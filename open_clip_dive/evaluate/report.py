@@ -10,6 +10,8 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .runner import TRAINED_HEAD
+
 GROUP_TITLES = {"id": "ID", "ood": "OOD", "zeroshot": "zero-shot", "other": "other"}
 AVG_KEYS = {"id": ("id", "ID avg"), "ood": ("ood_avg", "OOD avg"), "zeroshot": ("zeroshot_avg", "ZS avg")}
 RSA_COLUMNS = [("image", "RSA img"), ("text", "RSA txt"), ("joint", "RSA both")]
@@ -76,7 +78,8 @@ def cell(run: Dict, col) -> Tuple[Optional[float], str]:
             return None, ""
         if "error" in r:
             return None, "error"
-        return 100 * r["score"], f"{100 * r['score']:.2f}"
+        mark = "†" if r.get("head") == TRAINED_HEAD else ""
+        return 100 * r["score"], f"{100 * r['score']:.2f}{mark}"
     if kind == "avg":
         s = run.get("summary", {})
         v = s.get(key)
@@ -142,7 +145,9 @@ def wiseft_markdown(results: Dict) -> str:
 def full_markdown(results: Dict) -> str:
     parts = ["# Evaluation results", "", "Scores in percent (primary metric per dataset: top-1, or macro-F1 where the "
              "field reports it); RSA = Spearman of cosine-similarity upper triangles against the pre-trained model. "
-             "`*` = average over fewer datasets than the suite lists (see errors).", "", comparison_markdown(results)]
+             "`*` = average over fewer datasets than the suite lists (see errors); `†` = scored with the checkpoint's own "
+             "classification head (the other numbers use the text tower's zero-shot head).", "",
+             comparison_markdown(results)]
     geometry = geometry_markdown(results)
     if geometry:
         parts += ["", "## Geometry (RSA variants and difference vectors u = z_ft - z_pre)", "", geometry]
