@@ -172,6 +172,7 @@ def test_ce_head_starts_as_the_evaluators_zero_shot_head_and_stays_out_of_the_st
     zs = build_zeroshot_head(model, tokenizer, NAMES, templates)  # [D, C]
     assert torch.allclose(loss.head.weight, model.logit_scale.exp() * zs.t(), atol=1e-6)
     assert torch.equal(loss.head.bias, torch.zeros(C))
+    assert loss.head.weight.is_contiguous()  # Horovod's allreduce rejects non-contiguous gradients
     # only the image tower and the head train; the model's state_dict is open_clip's, and loads back strictly
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n in trainable if n.startswith("visual.")} | {f"{ATTR}.head_weight", f"{ATTR}.head_bias"}

@@ -229,3 +229,37 @@ def test_torchrun_two_processes_train_the_ce_head(tiny_data, tmp_path):
     assert "Running in distributed mode" in log and len(logged(logs / "ddp" / "out.log", "Car_loss")) == 2
     checkpoint = torch.load(logs / "ddp" / "checkpoints" / "epoch_1.pt", weights_only=True)
     assert checkpoint["dive"]["loss_state"]["head.bias"].abs().sum() > 0  # the head trained (it starts at b = 0)
+
+
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("horovod", marks=pytest.mark.horovod)])
+def test_two_ranks_average_the_head_gradient_like_one_rank_with_the_whole_batch(mode, tiny_data, tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    from helpers import subprocess_env
+
+    if mode == "horovod":
+        try:
+            import horovod.torch  # noqa: F401
+        except ImportError:
+            if os.environ.get("DIVE_REQUIRE_HOROVOD"):
+                raise
+            pytest.skip("horovod is not installed (scripts/build_horovod.sh)")
+    shutil.copy(tiny_data["config"], tmp_path / "dive-tiny.json")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_equivalence_head.py")
+    horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    launch = {"ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571"],
+              "horovod": [horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable]}[mode]
+    for cmd in ([sys.executable, script, str(tmp_path), "single", "car-ft"], launch + [script, str(tmp_path), mode, "car-ft"]):
+        result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    single = torch.load(tmp_path / "single_rank0.pt")
+    for rank in (0, 1):
+        records = torch.load(tmp_path / f"{mode}_rank{rank}.pt")
+        for step, (one, r) in enumerate(zip(single, records)):
+            assert "dive_loss_params.head_weight" in one["grads"]
+            for name, grad in one["grads"].items():
+                assert (r["grads"][name] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-8, (step, name)
+            assert torch.allclose(r["head"], one["head"], atol=1e-5), step
+    assert not torch.allclose(single[-1]["head"], single[0]["head"])

@@ -33,8 +33,9 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, classnames: Sequence[str]):
         super().__init__()
-        self.weight = nn.Parameter(weight.detach().float().clone())
-        self.bias = nn.Parameter(bias.detach().float().clone())
+        # contiguous: the zero-shot W is a transposed view, and Horovod's allreduce rejects non-contiguous gradients
+        self.weight = nn.Parameter(weight.detach().float().clone(memory_format=torch.contiguous_format))
+        self.bias = nn.Parameter(bias.detach().float().clone(memory_format=torch.contiguous_format))
         self.classnames = list(classnames)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
