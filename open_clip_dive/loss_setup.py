@@ -43,7 +43,7 @@ def attach_loss_parameters(model: nn.Module, loss: nn.Module) -> int:
     for name, param in named:
         holder.register_parameter(name.replace(".", "_"), param)  # e.g. head_weight, head_bias
     model.add_module(ATTR, holder)
-    model._register_state_dict_hook(_drop_from_state_dict)
+    model.register_state_dict_post_hook(_drop_from_state_dict)
     model.register_load_state_dict_post_hook(_ignore_missing)
     return len(named)
 
