@@ -151,7 +151,8 @@ class CrossEntropyLoss(nn.Module):
         device = next(model.parameters()).device
         self.scale = float(model.logit_scale.detach().float().exp())
         if self.head_init:
-            data = load_head_file(self.head_init, len(self.classnames))
+            # the width is checked before the build from the model config where there is one; here from the tower
+            data = load_head_file(self.head_init, len(self.classnames), getattr(model.visual, "output_dim", None))
             self.head = ClassifierHead(data["weight"], data["bias"], self.classnames).to(device)
         else:
             self.head = zeroshot_head(model, tokenizer, self.classnames, self.templates)
