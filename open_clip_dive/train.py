@@ -1,5 +1,6 @@
 """The training step: one forward of the trainable model over [ID; reference], the frozen model (or its
-cached embeddings) on the reference part, the registry loss on both; open_clip's optimizer step.
+cached embeddings) on the batch the loss declares (`frozen_batch`: the reference part or the ID part), the
+registry loss on both; open_clip's optimizer step.
 
 `train_one_epoch` follows open_clip_train.train.train_one_epoch (schedule per step, autocast, GradScaler,
 Horovod synchronize, gradient clipping, logit-scale clamp, log format), so `--loss clip` trains exactly as
