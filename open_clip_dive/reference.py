@@ -17,8 +17,7 @@ class FrozenReference(nn.Module):
         self.model = model
         self.dtype = PRECISIONS[precision]
         self.model.requires_grad_(False)
-        if self.dtype != torch.float32:
-            self.model.to(self.dtype)
+        self.model.to(self.dtype)  # also up: a copy of a --precision pure_bf16 model is fp32 by default
         self.model.eval()
 
     def train(self, mode: bool = True):

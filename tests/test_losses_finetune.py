@@ -234,3 +234,21 @@ def test_every_loss_has_a_description():
     for name in list_losses():
         assert describe_loss(name), name
     assert {"ce", "lp-ft", "lipsum", "car-ft", "cosine"} <= set(list_losses())
+
+
+def test_losses_command_lists_every_loss_with_its_line(capsys):
+    from open_clip_dive.losses.__main__ import main
+
+    assert main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(list_losses())
+    assert any(line.startswith("lp-ft ") and "linear probe" in line for line in lines)
+
+
+def test_frozen_copy_of_a_half_precision_model_runs_in_the_precision_asked_for():
+    model = tiny_model().to(torch.bfloat16)  # what --precision pure_bf16 builds
+    frozen = frozen_copy(model, "fp32")
+    images, texts = torch.randn(2, 3, 32, 32), torch.randint(1, 1000, (2, 32))
+    image_features, text_features = frozen(images, texts)
+    assert image_features.dtype == torch.float32 and text_features.dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.bfloat16  # the trainable model is left as it is
