@@ -104,7 +104,8 @@ class ClassPrompt:
         state["_templates"] = None
         return state
 
-    def __call__(self, sample) -> str:
+    def label(self, sample) -> int:
+        """The sample's class index, checked against --classnames."""
         if self._templates is None:
             self._classnames = load_classnames(self.classnames_spec)
             self._templates = load_templates(self.templates_spec)
@@ -119,6 +120,10 @@ class ClassPrompt:
         if not 0 <= label < len(self._classnames):
             raise DiveUsageError(f"{where}: class index {label} is out of range of the {len(self._classnames)} "
                                  f"names in --classnames {self.classnames_spec}")
+        return label
+
+    def __call__(self, sample) -> str:
+        label = self.label(sample)
         index = template_index(self.seed, self.epoch.get_value(), sample.get("__url__", ""), sample["__key__"],
                                len(self._templates))
         return self._templates[index](self._classnames[label])
@@ -164,6 +169,8 @@ class ToTrainingSample:
         text = self.make_text(sample)  # label errors raise here, before decoding
         out = {"image": self._augment(_decode_image(sample), sample), "text": self.tokenizer(text)[0],
                "key": sample_id(sample)}
+        if hasattr(self.make_text, "label"):  # class-labelled ID data: the index too (classification losses)
+            out["label"] = torch.tensor(self.make_text.label(sample))
         if self.embeddings is not None:
             out["ref0_image_features"], out["ref0_text_features"] = self.embeddings.lookup(sample)
         return out

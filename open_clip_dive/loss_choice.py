@@ -12,7 +12,8 @@ from .losses import list_losses, loss_flags, loss_uses_reference
 
 IMPLIES = {"dive_avl_weight": "dive", "dive_pvl_weight": "dive", "dive_ema_momentum": "dive",
            "dive_ema_order": "dive", "dive_space": "dive", "dive_reduction": "dive", "dive_ref_data": "dive",
-           "dive_replay_weight": "replay", "classnames": "flyp"}
+           "dive_replay_weight": "replay", "dive_cosine_weight": "cosine", "dive_lipsum_weight": "lipsum",
+           "dive_car_weight": "car-ft", "dive_head_init": "lp-ft", "classnames": "flyp"}
 # read only where the loss runs the frozen model (the reference losses except replay); checked once it is built
 FROZEN_FLAGS = ("dive_ref_pretrained", "dive_ref_precision", "dive_ref_cache")
 

@@ -19,7 +19,8 @@ def plugin_parser() -> argparse.ArgumentParser:
                                      description="DiVE robust fine-tuning on top of open_clip_train.")
     g = parser.add_argument_group("loss (open_clip_dive)")
     g.add_argument("--loss", default=None,
-                   help="Loss from the registry: clip (open_clip's own choice), flyp, dive, avl, pvl, snd, replay, "
+                   help="Loss from the registry: clip (open_clip's own choice), flyp, dive, avl, pvl, snd, replay, cosine, "
+                        "ce, lp-ft, lipsum, car-ft (README: Losses), "
                         "or 'package.module:factory'. Default: the loss the other flags imply (DiVE's own flags "
                         "-> dive, --dive-replay-weight -> replay, --classnames alone -> flyp); without any of "
                         "them, plain open_clip_train behaviour.")
@@ -42,6 +43,22 @@ def plugin_parser() -> argparse.ArgumentParser:
                         "not say; at momentum 0.99 the two differ by 1%% of a batch mean.")
     g.add_argument("--dive-replay-weight", type=float, default=1.0,
                    help="Weight of the contrastive loss on reference pairs for --loss replay.")
+
+    g.add_argument("--dive-cosine-weight", type=float, default=1000.0,
+                   help="Weight of the cosine-similarity-matrix constraint for --loss cosine (the paper's ablation).")
+
+    g = parser.add_argument_group("classification head and regularisers: ce, lp-ft, lipsum, car-ft (open_clip_dive)")
+    g.add_argument("--dive-head-init", default=None,
+                   help="Start the classification head from this file (python -m open_clip_dive.tools.linear_probe) "
+                        "instead of the zero-shot head; required by --loss lp-ft.")
+    g.add_argument("--dive-lipsum-weight", type=float, default=1.0,
+                   help="Weight of the Lipsum-FT energy-gap regulariser (--loss lipsum).")
+    g.add_argument("--dive-lipsum-texts", type=int, default=80,
+                   help="Random-token texts M drawn per step for --loss lipsum.")
+    g.add_argument("--dive-lipsum-tokens", type=int, default=8,
+                   help="Tokens per random text for --loss lipsum (between the start and end tokens).")
+    g.add_argument("--dive-car-weight", type=float, default=1.0,
+                   help="Weight of the CAR-FT context-distribution KL (--loss car-ft); the contexts are --templates.")
 
     g = parser.add_argument_group("reference stream (open_clip_dive)")
     g.add_argument("--dive-ref-data", default=None,
@@ -187,7 +204,8 @@ def validate(args):
         from .losses import loss_entrypoint
 
         loss_entrypoint(args.loss)  # raises with the known names and close matches
-    for flag in ("dive_avl_weight", "dive_pvl_weight", "dive_replay_weight"):
+    for flag in ("dive_avl_weight", "dive_pvl_weight", "dive_replay_weight", "dive_cosine_weight",
+                 "dive_lipsum_weight", "dive_car_weight"):
         if getattr(args, flag) < 0:
             raise DiveUsageError(f"--{flag.replace('_', '-')}: must be >= 0, got {getattr(args, flag)}")
     if not 0.0 <= args.dive_ema_momentum < 1.0:
@@ -197,6 +215,10 @@ def validate(args):
     if args.dive_ref_num_samples is not None and args.dive_ref_num_samples < 1:
         raise DiveUsageError(f"--dive-ref-num-samples: must be >= 1, got {args.dive_ref_num_samples}")
 
+    if args.loss is not None:
+        from .losses import check_loss_args
+
+        check_loss_args(args)  # the loss's own flag checks (class names, head file, ...)
     uses_reference = args.loss is not None and loss_uses_reference(args.loss)
     if uses_reference and not args.dive_ref_data:
         implied = getattr(args, "dive_loss_reason", "").startswith("implied")

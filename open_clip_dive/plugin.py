@@ -25,7 +25,8 @@ from .distributed import any_rank, barrier
 from .errors import DiveUsageError
 from .loss_choice import ignored_flags, ignored_frozen_flags
 from .losses import create_loss as registry_create_loss
-from .losses import needs_frozen, needs_reference
+from .loss_setup import prepare_loss
+from .losses import find_head, frozen_batch, needs_frozen, needs_reference
 from .params import PLUGIN_FLAGS_DEST, validate
 from .params import parse_args as plugin_parse_args
 from .provenance import check_training, training_preprocess
@@ -160,7 +161,8 @@ class Run:
             from .evaluate import evaluate_in_training
 
             unwrapped = model.module if hasattr(model, "module") else model
-            evaluate_in_training(unwrapped, a, epoch + 1, self.preprocess_val, self.tokenizer)
+            head = find_head(self.loss.state_dict()) if self.loss is not None else None
+            evaluate_in_training(unwrapped, a, epoch + 1, self.preprocess_val, self.tokenizer, head=head)
             barrier(a.world_size, a.horovod)
 
     def extra_metrics(self, loss) -> dict:
@@ -241,7 +243,7 @@ def create_model_and_transforms(*args, **kwargs):
         run.loss = registry_create_loss(a)
         for warning in ignored_frozen_flags(a.loss, getattr(a, PLUGIN_FLAGS_DEST), needs_frozen(run.loss)):
             logging.warning(f"open_clip_dive: {warning}")
-        if needs_frozen(run.loss) and a.dive_ref_cache:
+        if frozen_batch(run.loss) == "reference" and a.dive_ref_cache:
             image_size = model.visual.image_size
             image_size = list(image_size) if isinstance(image_size, (tuple, list)) else [image_size] * 2
             check_cache(a.dive_ref_cache, a.model, model_fingerprint(model), image_size)
@@ -252,6 +254,8 @@ def create_model_and_transforms(*args, **kwargs):
             else:
                 run.reference = frozen_copy(model, a.dive_ref_precision)
             logging.info(f"Frozen reference model ready ({a.dive_ref_precision}, not DDP-wrapped).")
+        if prepare_loss(run.loss, model, a):
+            logging.info(f"--loss {a.loss}: its own parameters (e.g. the classification head) train with the model.")
         if getattr(run.loss, "reference_space", "normalized") == "raw":
             check_raw_features(model)
         if run.deterministic:
@@ -278,7 +282,7 @@ def get_data(args, preprocess_fns, epoch=0, tokenizer=None):
     else:
         data = UPSTREAM["get_data"](args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
     if run.loss is not None and needs_reference(run.loss) and "train" in data:
-        cached = args.dive_ref_cache and needs_frozen(run.loss)
+        cached = args.dive_ref_cache and frozen_batch(run.loss) == "reference"
         augment = args.dive_ref_augment and not cached
         info = reference_stream(args, preprocess_fns[0 if augment else 1], tokenizer,
                                 data["train"].dataloader.num_batches, epoch,

@@ -17,8 +17,7 @@ class FrozenReference(nn.Module):
         self.model = model
         self.dtype = PRECISIONS[precision]
         self.model.requires_grad_(False)
-        if self.dtype != torch.float32:
-            self.model.to(self.dtype)
+        self.model.to(self.dtype)  # also up: a copy of a --precision pure_bf16 model is fp32 by default
         self.model.eval()
 
     def train(self, mode: bool = True):
@@ -28,7 +27,8 @@ class FrozenReference(nn.Module):
     def forward(self, images, texts, normalize: bool = True):
         """The frozen model's embeddings (`normalize=False`: its raw features, for --dive-space raw)."""
         param = next(self.model.parameters())
-        images, texts = images.to(device=param.device, dtype=self.dtype), texts.to(param.device)
+        images = images.to(device=param.device, dtype=self.dtype)
+        texts = None if texts is None else texts.to(param.device)  # None: the image tower only
         # outside the trainer's autocast: the embeddings come in the precision chosen by --dive-ref-precision
         with torch.autocast(device_type=param.device.type, enabled=False):
             if not normalize:

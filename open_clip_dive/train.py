@@ -1,5 +1,6 @@
 """The training step: one forward of the trainable model over [ID; reference], the frozen model (or its
-cached embeddings) on the reference part, the registry loss on both; open_clip's optimizer step.
+cached embeddings) on the batch the loss declares (`frozen_batch`: the reference part or the ID part), the
+registry loss on both; open_clip's optimizer step.
 
 `train_one_epoch` follows open_clip_train.train.train_one_epoch (schedule per step, autocast, GradScaler,
 Horovod synchronize, gradient clipping, logit-scale clamp, log format), so `--loss clip` trains exactly as
@@ -17,6 +18,7 @@ from open_clip_train.precision import get_autocast
 from open_clip_train.train import AverageMeter, backward, unwrap_model
 
 from .determinism import set_train_mode
+from .losses import frozen_batch, image_tower_only, in_batch_negatives, needs_labels
 from .raw_features import RawFeatureTap
 
 try:
@@ -57,27 +59,37 @@ class TrainingStep:
         self.input_dtype = get_input_dtype(args.precision)
 
     def _inputs(self, batch, ref):
-        images, texts = batch["image"], batch["text"]
+        images = batch["image"]
+        texts = None if image_tower_only(self.loss) else batch["text"]  # a classifier loss runs the image tower only
         if ref is not None:
             images, texts = torch.cat([images, ref["image"]]), torch.cat([texts, ref["text"]])
         return (images.to(device=self.device, dtype=self.input_dtype, non_blocking=True),
-                texts.to(device=self.device, non_blocking=True))
+                None if texts is None else texts.to(device=self.device, non_blocking=True))
 
     def _loss_inputs(self, model_out, batch, ref, images, texts, raw=None):
-        """Split [ID; reference] outputs into open_clip's names and ref_*; add the frozen model's ref0_*.
+        """Split [ID; reference] outputs into open_clip's names and ref_*; add the frozen model's outputs on the batch
+        the loss declares (ref0_* on the reference batch, id0_* on the ID batch) and the class labels it asks for.
         `raw`: the trainable model's raw features, when the loss compares reference features unnormalised."""
         inputs = dict(model_out)
-        if ref is None:
-            return inputs
         n = batch["image"].shape[0]
-        for name in ("image_features", "text_features"):
-            inputs[name], inputs[f"ref_{name}"] = model_out[name][:n], (raw or model_out)[name][n:]
-        if "ref0_image_features" in ref:  # cached by tools.cache_reference
-            for name in ("ref0_image_features", "ref0_text_features"):
-                inputs[name] = ref[name].to(self.device, non_blocking=True)
-        elif self.frozen is not None:
-            inputs["ref0_image_features"], inputs["ref0_text_features"] = self.frozen(
-                images[n:], texts[n:], normalize=raw is None)
+        if ref is not None:
+            for name in ("image_features", "text_features"):
+                inputs[name], inputs[f"ref_{name}"] = model_out[name][:n], (raw or model_out)[name][n:]
+        where = frozen_batch(self.loss)
+        if where == "reference" and ref is not None:
+            if "ref0_image_features" in ref:  # cached by tools.cache_reference
+                for name in ("ref0_image_features", "ref0_text_features"):
+                    inputs[name] = ref[name].to(self.device, non_blocking=True)
+            elif self.frozen is not None:
+                inputs["ref0_image_features"], inputs["ref0_text_features"] = self.frozen(
+                    images[n:], texts[n:], normalize=raw is None)
+        elif where == "id" and self.frozen is not None:
+            # the loss may choose the texts the frozen model reads with the ID images (Lipsum-FT: random texts)
+            frozen_texts = getattr(self.loss, "frozen_id_texts", None)
+            frozen_texts = frozen_texts(batch["text"]) if frozen_texts else (None if texts is None else texts[:n])
+            inputs["id0_image_features"], inputs["id0_text_features"] = self.frozen(images[:n], frozen_texts)
+        if needs_labels(self.loss):
+            inputs["labels"] = batch["label"].to(self.device, non_blocking=True)
         return inputs
 
     def _forward_model(self, images, texts, ref):
@@ -123,7 +135,8 @@ class TrainingStep:
         return cached
 
     def _backward(self, losses, num_micro_batches):
-        id_keys = getattr(self.loss, "id_keys", None)
+        # contrastive ID terms already see the whole step's batch (cached features); per-sample means are averaged
+        id_keys = getattr(self.loss, "id_keys", None) if in_batch_negatives(self.loss) else ()
         total = sum(v if id_keys is None or k in id_keys else v / num_micro_batches for k, v in losses.items())
         backward(total, self.scaler)
         losses["loss"] = sum(losses.values())
@@ -132,9 +145,10 @@ class TrainingStep:
         """micro_batches: [(id_batch, ref_batch or None)]; returns (losses of the last micro-batch, logit_scale)."""
         self.scaler = scaler
         optimizer.zero_grad()
-        if len(micro_batches) == 1:
-            losses, logit_scale = self.forward(*micro_batches[0])
-            self._backward(losses, 1)
+        if len(micro_batches) == 1 or not in_batch_negatives(self.loss):
+            for batch, ref in micro_batches:
+                losses, logit_scale = self.forward(batch, ref)
+                self._backward(losses, len(micro_batches))
         else:
             cached = self._cache_id_features(micro_batches)
             for j, (batch, ref) in enumerate(micro_batches):
@@ -147,8 +161,14 @@ class TrainingStep:
             unwrap_model(self.model).logit_scale.clamp_(0, math.log(100))
         return losses, logit_scale
 
+    def _parameters(self):
+        """The model's parameters and the loss's own (a classification head), each once, for gradient clipping."""
+        params = {id(p): p for p in self.model.parameters()}
+        params.update((id(p), p) for p in self.loss.parameters() if id(p) not in params)
+        return list(params.values())
+
     def optimizer_step(self, optimizer, scaler):
-        args, params = self.args, self.model.parameters()
+        args, params = self.args, self._parameters()
         if scaler is not None:
             if args.horovod:
                 optimizer.synchronize()

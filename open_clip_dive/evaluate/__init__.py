@@ -33,11 +33,12 @@ def check_eval_suite(args) -> None:
         SuiteEvaluator(_training_suite(args), EvalConfig())
 
 
-def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer) -> Dict[str, float]:
+def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer, head=None) -> Dict[str, float]:
     """Evaluate the model being trained on `args.dive_eval_suite` (a suite name, comma list or YAML/JSON file).
 
     Rank 0 only (other ranks return {} at once). The model may be DDP-wrapped; its train/eval mode is restored.
     Optional args: dive_eval_data_paths (YAML/JSON {dataset: path}), dive_eval_max_samples, workers.
+    `head`: the loss's classification head (losses.classifier.TrainedHead), used on the datasets of its classes.
     Writes <logs>/<name>/dive_eval/epoch_<epoch>/results.json (+ .md, .csv) and returns flat metrics:
     `dive_eval/<dataset>/top1|top5|macro_f1` and `dive_eval/id|ood_avg|zeroshot_avg`.
     A dataset that fails is logged and left out; nothing raised here reaches the trainer (an error is logged and
@@ -68,7 +69,7 @@ def _evaluate(model, args, epoch: int, preprocess, tokenizer) -> Dict[str, float
         logging.basicConfig(level=logging.INFO)
     evaluator = SuiteEvaluator(specs, config)
     label = f"epoch_{epoch}"
-    out = evaluator.evaluate(model, preprocess, tokenizer, label)
+    out = evaluator.evaluate(model, preprocess, tokenizer, label, head)
     errors = [f"{n}: {d['error']}" for n, d in out["datasets"].items() if "error" in d]
     results = {"settings": {"epoch": epoch, "suite": evaluator.settings(), "suite_spec": args.dive_eval_suite,
                             "precision": config.precision, "batch_size": config.batch_size},

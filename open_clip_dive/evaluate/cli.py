@@ -17,6 +17,7 @@ import torch
 
 from .. import provenance
 from ..errors import DiveUsageError
+from ..losses.classifier import checkpoint_head
 from ..optional import require
 from .geometry import geometry_report
 from .models import ModelError, add_model_configs, load_model
@@ -191,11 +192,16 @@ def run(args) -> int:
             results["runs"][label] = {"role": r["role"], "checkpoint": r["checkpoint"], "error": str(e), "datasets": {}}
             continue
         log.info(f"== {label}: {loaded.model_name} {r['checkpoint'] or '(random init)'}")
-        out = evaluator.evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, label)
+        trained = checkpoint_head(r["checkpoint"]) if r["role"] == "finetuned" else None
+        if trained is not None:
+            log.info(f"{label}: its own classification head ({len(trained.classnames)} classes) scores the datasets "
+                     "with those classes; the text-tower head scores the others")
+        out = evaluator.evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, label, trained)
         errors.extend(f"{label} | {n}: {d['error']}" for n, d in out["datasets"].items()
                       if "error" in d and n not in evaluator.prepare_errors)
         entry = {"role": r["role"], "model": loaded.model_name, "checkpoint": r["checkpoint"],
-                 "preprocess": dict(getattr(loaded.model.visual, "preprocess_cfg", {}) or {}), **out, "geometry": None}
+                 "preprocess": dict(getattr(loaded.model.visual, "preprocess_cfg", {}) or {}), **out, "geometry": None,
+                 "classifier_head": None if trained is None else {"classes": len(trained.classnames)}}
         results["runs"][label] = entry
 
         if do_rsa:
@@ -219,7 +225,8 @@ def run(args) -> int:
             pre_weights = snapshot(loaded.model)
         if alphas and r["role"] == "finetuned":
             results["wise_ft"][label] = _wiseft_sweep(evaluator, loaded, label, alphas, pre_weights,
-                                                      results["runs"].get(args.pretrained_label), entry, errors)
+                                                      results["runs"].get(args.pretrained_label), entry, errors,
+                                                      trained)
         del loaded
 
     results["settings"] = {
@@ -245,9 +252,10 @@ def run(args) -> int:
     return 0
 
 
-def _wiseft_sweep(evaluator, loaded, label, alphas, pre_weights, pre_entry, ft_entry, errors) -> List[Dict]:
+def _wiseft_sweep(evaluator, loaded, label, alphas, pre_weights, pre_entry, ft_entry, errors, trained=None) -> List[Dict]:
     """Interpolate and evaluate; alpha 0 / 1 are the pre-trained / fine-tuned weights exactly, so their
-    already-computed results are reused instead of evaluated again."""
+    already-computed results are reused instead of evaluated again. A trained classification head is interpolated
+    with the zero-shot head (alpha 0: the zero-shot head)."""
     if pre_weights is None:
         errors.append(f"{label} | WiSE-FT: no pre-trained weights (the pre-trained run failed)")
         return []
@@ -263,7 +271,8 @@ def _wiseft_sweep(evaluator, loaded, label, alphas, pre_weights, pre_entry, ft_e
                 out = {"datasets": ft_entry["datasets"], "summary": ft_entry["summary"]}
             else:
                 loaded.model.load_state_dict(interpolate_state_dicts(pre_weights, ft_weights, alpha))
-                out = evaluator.evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, f"{label}@{alpha:g}")
+                out = evaluator.evaluate(loaded.model, loaded.preprocess, loaded.tokenizer, f"{label}@{alpha:g}",
+                                         trained, alpha)
             s = out["summary"]
             log.info(f"{label} | WiSE-FT alpha {alpha:g}: " + "  ".join(
                 f"{k} {100 * s[k]:.2f}" for k in ("id", "ood_avg", "zeroshot_avg") if s.get(k) is not None))

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Dict, List, Sequence
 
-from .table import PARTIAL, average, cell, column_title, table_columns
+from .table import PARTIAL, TRAINED_MARK, average, cell, column_title, table_columns
 
 
 def write_json(results: Dict, path: str) -> None:
@@ -87,7 +87,9 @@ def wiseft_markdown(results: Dict) -> str:
 def full_markdown(results: Dict) -> str:
     parts = ["# Evaluation results", "", f"Scores in percent (primary metric per dataset: top-1, or macro-F1 where the "
              "field reports it); RSA = Spearman of cosine-similarity upper triangles against the pre-trained model. "
-             f"`{PARTIAL}` = average over fewer datasets than the suite lists (see errors).", "", comparison_markdown(results)]
+             f"`{PARTIAL}` = average over fewer datasets than the suite lists (see errors); `{TRAINED_MARK}` = scored "
+             "with the checkpoint's own classification head (the other numbers use the text tower's zero-shot head).",
+             "", comparison_markdown(results)]
     geometry = geometry_markdown(results)
     if geometry:
         parts += ["", "## Geometry (RSA variants and difference vectors u = z_ft - z_pre)", "", geometry]

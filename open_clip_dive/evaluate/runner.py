@@ -18,6 +18,7 @@ from .heads import HeadCache, zeroshot_logits
 from .metrics import classification_metrics, group_average, project_logits
 from .models import autocast_for, unwrap
 from .suites import DatasetError, DatasetSpec, SuiteError
+from .table import TRAINED_HEAD
 
 log = logging.getLogger("open_clip_dive.evaluate")
 
@@ -96,27 +97,40 @@ class SuiteEvaluator:
         return torch.cat(feats), torch.cat(labels), texts
 
     def evaluate_dataset(self, model, preprocess, tokenizer, ds: PreparedDataset, heads: HeadCache,
-                         label: str) -> Dict[str, object]:
+                         label: str, trained=None, alpha: float = 1.0) -> Dict[str, object]:
         start = time.time()
         feats, targets, _ = self.image_features(model, preprocess, ds, desc=f"{label}:{ds.name}")
         if int(targets.max()) >= len(ds.classnames) or int(targets.min()) < 0:
             where = ds.spec.classnames if isinstance(ds.spec.classnames, str) else "classnames.json / the class list"
             raise DatasetError(f"dataset '{ds.name}': labels go up to {int(targets.max())} but the class list ({where}) "
                                f"has {len(ds.classnames)} names; fix the class list or the labels")
-        head = heads.get(model, tokenizer, ds.head_classnames, ds.templates, device=self.config.device,
-                         batch_size=self.config.text_batch_size, autocast=autocast_for(self.config.precision, self.config.device),
-                         progress=self.config.progress)
         scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 1.0
-        logits = project_logits(zeroshot_logits(feats, head.cpu(), scale), ds.groups)
-        metrics = classification_metrics(logits, targets)
+        use_trained = trained is not None and list(ds.head_classnames) == list(trained.classnames)
+        if use_trained and alpha == 1.0:
+            logits = trained_logits(feats, trained.weight, trained.bias)
+        else:
+            head = heads.get(model, tokenizer, ds.head_classnames, ds.templates, device=self.config.device,
+                             batch_size=self.config.text_batch_size,
+                             autocast=autocast_for(self.config.precision, self.config.device),
+                             progress=self.config.progress).cpu()
+            if use_trained:  # WiSE-FT: the head interpolates too, from the zero-shot head at alpha 0
+                weight = alpha * trained.weight + (1.0 - alpha) * scale * head.t()
+                logits = trained_logits(feats, weight, alpha * trained.bias)
+            else:
+                logits = zeroshot_logits(feats, head, scale)
+        metrics = classification_metrics(project_logits(logits, ds.groups), targets)
         if metrics[ds.spec.primary] is None:  # prepare() refuses top5 of <= 5 classes; never a None score
             raise DatasetError(f"dataset '{ds.name}': no {ds.spec.primary} for {logits.shape[1]} classes")
         metrics.update(group=ds.spec.group, primary=ds.spec.primary, score=metrics[ds.spec.primary],
-                       seconds=round(time.time() - start, 2))
+                       head=TRAINED_HEAD if use_trained else TEXT_HEAD, seconds=round(time.time() - start, 2))
         return metrics
 
-    def evaluate(self, model, preprocess, tokenizer, label: str) -> Dict[str, object]:
-        """{"datasets": {name: metrics | {"error"}}, "summary": {...}} with one log line per dataset."""
+    def evaluate(self, model, preprocess, tokenizer, label: str, trained=None, alpha: float = 1.0) -> Dict[str, object]:
+        """{"datasets": {name: metrics | {"error"}}, "summary": {...}} with one log line per dataset.
+
+        `trained`: the checkpoint's own classification head (losses.classifier.TrainedHead): it scores the datasets
+        whose head classes are its training classes (ID and its OOD sets), the text-tower head the others; with
+        `alpha` < 1 it is interpolated with the zero-shot head as WiSE-FT does. Each dataset's `head` says which."""
         model = unwrap(model)
         was_training = model.training
         model.eval()
@@ -128,7 +142,8 @@ class SuiteEvaluator:
                     results[spec.name] = {"group": spec.group, "error": self.prepare_errors[spec.name]}
                     continue
                 try:
-                    m = self.evaluate_dataset(model, preprocess, tokenizer, self.prepared[spec.name], heads, label)
+                    m = self.evaluate_dataset(model, preprocess, tokenizer, self.prepared[spec.name], heads, label,
+                                              trained, alpha)
                 except Exception as e:  # one bad dataset must not sink the suite
                     results[spec.name] = {"group": spec.group, "error": one_line(e)}
                     log.error(f"ERROR {label} | {spec.name} [{spec.group}]: {one_line(e)}")
@@ -169,6 +184,14 @@ class SuiteEvaluator:
             model.train(was_training)
 
 
+TEXT_HEAD = "zero-shot text head"
+
+
+def trained_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A linear head on the normalised image features (WiSE-FT's ClassificationHead(normalize=True))."""
+    return F.normalize(features.float(), dim=-1) @ weight.float().t() + bias.float()
+
+
 def rsa_prompts(ds: PreparedDataset, n: int) -> List[str]:
     prompts, seen = [], set()
     for template in ds.templates:
@@ -204,4 +227,5 @@ def format_line(label: str, name: str, m: Dict[str, object]) -> str:
     if m.get("top5") is not None:
         parts.append(f"top5 {100 * m['top5']:.2f}")
     parts.append(f"macro-F1 {100 * m['macro_f1']:.2f}")
-    return f"{label} | {name} [{m['group']}]: {'  '.join(parts)}  ({m['n']} images, {m['seconds']:.1f} s)"
+    head = f", {m['head']}" if m.get("head") == TRAINED_HEAD else ""
+    return f"{label} | {name} [{m['group']}]: {'  '.join(parts)}  ({m['n']} images, {m['seconds']:.1f} s{head})"

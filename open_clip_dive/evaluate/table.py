@@ -9,6 +9,8 @@ from typing import Dict, List, Optional, Tuple
 AVG_KEYS = {"id": ("id", "ID avg"), "ood": ("ood_avg", "OOD avg"), "zeroshot": ("zeroshot_avg", "ZS avg")}
 RSA_COLUMNS = [("image", "RSA img"), ("text", "RSA txt"), ("joint", "RSA both")]
 PARTIAL = "*"
+TRAINED_HEAD = "trained classification head"  # results.json's `head` of a score from a checkpoint's own head
+TRAINED_MARK = "†"
 
 
 def average(summary: Dict, group: str) -> Tuple[Optional[float], str]:
@@ -60,7 +62,8 @@ def cell(run: Dict, col) -> Tuple[Optional[float], str]:
             return None, "error"
         if r.get("score") is None:  # a metric the dataset cannot have (never written by this version)
             return None, "-"
-        return 100 * r["score"], f"{100 * r['score']:.2f}"
+        mark = TRAINED_MARK if r.get("head") == TRAINED_HEAD else ""
+        return 100 * r["score"], f"{100 * r['score']:.2f}{mark}"
     if kind == "avg":
         return average(run.get("summary", {}), group)
     geometry = run.get("geometry") or {}

@@ -25,7 +25,7 @@ class SnDLoss(ReferenceLoss):
 class ReplayLoss(ReferenceLoss):
     """FLYP + replay (the paper's ARF proxy): the contrastive loss also on the reference pairs."""
 
-    needs_frozen = False
+    frozen_batch = None
 
     def __init__(self, contrastive: nn.Module, weight: float):
         super().__init__(contrastive)

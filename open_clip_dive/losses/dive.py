@@ -112,13 +112,13 @@ class ReferenceLoss(nn.Module):
 
     `forward(**model_outputs, output_dict=True)` takes the trainable model's outputs on the ID batch
     (image_features, text_features, logit_scale[, logit_bias]), on the reference batch
-    (ref_image_features, ref_text_features) and, when `needs_frozen`, the frozen model's on the
+    (ref_image_features, ref_text_features) and the frozen model's on the
     reference batch (ref0_image_features, ref0_text_features); it ignores other keys and returns
     named, weighted `*_loss` terms.
     """
 
     needs_reference = True
-    needs_frozen = True
+    frozen_batch = "reference"
 
     def __init__(self, contrastive: nn.Module):
         super().__init__()

@@ -24,17 +24,20 @@ _LOSSES: Dict[str, Callable] = {}
 _entry_points_loaded = False
 
 
-def register_loss(name: str, reference: bool = False, flags=None):
+def register_loss(name: str, reference: bool = False, flags=None, check: Optional[Callable] = None):
     """Decorator that registers `fn(args) -> nn.Module` under `name`.
 
     `reference=True` says the loss trains on the reference stream (so `--dive-ref-data` is required).
     `flags`: the dests of the loss-specific plugin flags it reads (`("dive_avl_weight",)`); the others are
     reported as having no effect with this loss. None (the default) means undeclared: nothing is reported.
+    `check(args)` rejects flags the loss cannot run with (raise DiveUsageError); it runs before anything is built.
+    The first line of the factory's docstring is the loss's description (`describe_loss`).
     """
 
     def wrap(fn):
         fn.uses_reference = reference
         fn.uses_flags = None if flags is None else tuple(flags)
+        fn.check_args = check
         if name in _LOSSES and _LOSSES[name] is not fn:
             raise ValueError(f"loss '{name}' is already registered by {_LOSSES[name].__module__}")
         _LOSSES[name] = fn
@@ -95,6 +98,19 @@ def loss_entrypoint(name: str) -> Callable:
         f"--loss: unknown loss '{name}'.{hint} Known: {', '.join(list_losses())}; "
         "a third-party loss is named as 'package.module:factory'."
     )
+
+
+def describe_loss(name: str) -> str:
+    """One line about the loss: the first line of its factory's docstring."""
+    doc = (loss_entrypoint(name).__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def check_loss_args(args):
+    """The loss's own checks of the flags (see `register_loss(check=...)`)."""
+    check = getattr(loss_entrypoint(args.loss), "check_args", None)
+    if check is not None:
+        check(args)
 
 
 def loss_uses_reference(name: str) -> bool:
