@@ -27,6 +27,8 @@ class Recipe:
     # BatchNorm statistics frozen for every method (the paper's ViTs have none): otherwise FLYP and replay would
     # re-estimate them on Fashion-MNIST batches while the frozen-model losses keep them (--dive-bn-eval's default)
     bn_eval: bool = True
+    device: str = "cpu"
+    precision: str = "fp32"
     extra: List[str] = field(default_factory=list)
 
 
@@ -57,7 +59,7 @@ def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str
            "--templates", recipe.templates or data["templates"], "--dataset-resampled",
            "--train-num-samples", str(recipe.steps * recipe.batch_size), "--epochs", "1",
            "--batch-size", str(recipe.batch_size), "--lr", str(recipe.lr), "--wd", str(recipe.wd),
-           "--warmup", str(recipe.warmup), "--lr-scheduler", "cosine", "--precision", "fp32", "--device", "cpu",
+           "--warmup", str(recipe.warmup), "--lr-scheduler", "cosine", "--precision", recipe.precision, "--device", recipe.device,
            "--workers", str(recipe.workers), "--seed", str(recipe.seed), "--logs", out_dir, "--name", name,
            "--report-to", "none", "--log-every-n-steps", "25", "--save-frequency", "1", "--loss", loss,
            "--dive-bn-eval" if recipe.bn_eval else "--no-dive-bn-eval"]
@@ -70,10 +72,10 @@ def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str
 
 def evaluate_command(model_dir: str, runs: Dict[str, str], suite: str, out_dir: str, rsa_data: str,
                      wise_ft: Optional[str] = None, max_samples: Optional[int] = None,
-                     batch_size: int = 128) -> List[str]:
+                     batch_size: int = 128, device: str = "cpu", precision: str = "fp32") -> List[str]:
     cmd = [sys.executable, "-m", "open_clip_dive.evaluate", "--model", f"local-dir:{model_dir}",
            "--pretrained", f"local-dir:{model_dir}", "--suite", suite, "--output-dir", out_dir,
-           "--device", "cpu", "--precision", "fp32", "--batch-size", str(batch_size), "--workers", "1",
+           "--device", device, "--precision", precision, "--batch-size", str(batch_size), "--workers", "1",
            "--rsa-data", rsa_data, "--rsa-samples", "500", "--no-progress"]
     for label, checkpoint in runs.items():
         cmd += ["--finetuned", f"{label}={checkpoint}"]

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# The GPU session of issue 13 in one script, for ONE `run` call of the device tool (benchmarks/README.md, "GPU
+# session", has the exact call). Prepare the carry first, here: bash benchmarks/gpu_prepare.sh.
+#   0. install: the wheels of .gpu_carry/wheels into /tmp (only where open_clip_train or webdataset is missing)
+#   1. check:      benchmarks/gpu_check.py --device $DEVICE (CUDA against the CPU; exit 1 on a FAIL row)
+#   2. quickstart: python -m open_clip_dive.quickstart --device $DEVICE, timed (model and data: .gpu_carry/cache)
+#   3. bench:      benchmarks/gpu.sh (ViT-B/16 at B=512: step time, memory, loader) with the time left
+# Everything goes to $OUT (or the first argument): h200.md (the form of benchmarks/results/h200.md: machine,
+# nvidia-smi, versions, each part's output as printed), gpu_check.md/.json, gpu.md, quickstart.md, session.log.
+#
+#   bash benchmarks/gpu_session.sh [OUTPUT_DIR]
+#
+# Settings (environment): DEVICE (cuda), PHASES (check,quickstart,bench), SESSION_S (560: the whole script; keep it
+# under the run's timeout_s), CHECK_S (150), QUICKSTART_S (150), PYTHON (default .venv/bin/python, else python3),
+# QUICK=1 (a dry run's sizes: gpu_check --quick, the tiny quickstart, gpu.sh's tiny settings), and gpu.sh's own.
+# Dry run on CPU:  DEVICE=cpu QUICK=1 bash benchmarks/gpu_session.sh /tmp/gpu_session_dry
+set -uo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-${OUT:-$repo/gpu_session_out}}
+DEVICE=${DEVICE:-cuda}
+PHASES=${PHASES:-check,quickstart,bench}
+SESSION_S=${SESSION_S:-560}
+CHECK_S=${CHECK_S:-150}
+QUICKSTART_S=${QUICKSTART_S:-150}
+QUICK=${QUICK:-}
+carry="$repo/.gpu_carry"
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$repo/.venv/bin/python" ]; then PYTHON=$repo/.venv/bin/python; else PYTHON=$(command -v python3); fi
+fi
+export PYTHON DEVICE HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$out"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+start=$(date +%s)
+left() { echo $(( SESSION_S - ($(date +%s) - start) )); }
+min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
+has() { case ",$PHASES," in *",$1,"*) return 0;; *) return 1;; esac; }
+log() { echo "[gpu_session $(( $(date +%s) - start ))s] $*" | tee -a "$out/session.log" >&2; }
+status=()  # one line per phase, for the summary
+: > "$out/session.log"
+
+# --- 0. install ----------------------------------------------------------------------------------------------
+if ! "$PYTHON" -c "import open_clip_train, webdataset" 2>/dev/null; then
+  site=/tmp/dive-site
+  if ! ls "$carry"/wheels/*.whl >/dev/null 2>&1; then
+    log "open_clip_train / webdataset missing and no wheels in $carry/wheels: run bash benchmarks/gpu_prepare.sh here first"
+    exit 3
+  fi
+  log "installing $(ls "$carry"/wheels | tr '\n' ' ')into $site"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+    "$carry"/wheels/*.whl >> "$out/session.log" 2>&1 || { log "pip install failed"; exit 3; }
+  cp -r "$carry"/meta/*.dist-info "$site"/ 2>/dev/null
+  export PYTHONPATH="$repo:$site${PYTHONPATH#"$repo"}"
+fi
+[ -d "$carry/cache" ] && export OPEN_CLIP_DIVE_CACHE="$carry/cache"
+"$PYTHON" -c "import open_clip, open_clip_train.main, webdataset, open_clip_dive.plugin" >> "$out/session.log" 2>&1 \
+  || { log "the imports fail (see session.log)"; exit 3; }
+log "python $PYTHON; PYTHONPATH=$PYTHONPATH; device $DEVICE; phases $PHASES; budget ${SESSION_S}s"
+
+# --- machine ---------------------------------------------------------------------------------------------------
+{
+  echo "# open_clip_dive on one GPU: CUDA correctness, step time and memory, the quickstart (issue 13)"
+  echo
+  echo "Written by \`benchmarks/gpu_session.sh\` on $(date -u +%FT%TZ); commit: $(head -1 "$carry/COMMIT" 2>/dev/null \
+    || git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)$(sed -n '2,$p' "$carry/COMMIT" 2>/dev/null | tr '\n' ' ')."
+  echo
+  echo "## Machine"
+  echo
+  echo '```'
+  nvidia-smi 2>&1 || echo "nvidia-smi: not available (device $DEVICE)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv 2>/dev/null
+  "$PYTHON" - <<'EOF'
+import os, platform, sys
+from importlib.metadata import version
+import torch
+print(f"Python {platform.python_version()} ({sys.executable}); torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"cuDNN {torch.backends.cudnn.version()}; " + ", ".join(f"{n} {version(n)}" for n in
+      ("open_clip_torch", "timm", "webdataset", "transformers", "numpy", "pillow")))
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"GPU: {p.name}, {p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs, capability "
+          f"{p.major}.{p.minor}; bf16 {torch.cuda.is_bf16_supported()}")
+print(f"CPU: {os.cpu_count()} logical cores; {platform.platform()}")
+EOF
+  echo '```'
+} > "$work/machine.md" 2>&1
+
+parts=()  # "TITLE|FILE" in the order of the issue
+assemble() {  # h200.md from the parts so far: a run stopped at its limit still leaves what finished
+  cp "$work/machine.md" "$out/h200.md"
+  for part in "${parts[@]}"; do
+    { echo; echo "## ${part%%|*}"; echo; if [ -s "${part#*|}" ]; then cat "${part#*|}"; else echo "(no output)"; fi; } \
+      >> "$out/h200.md"
+  done
+  { echo; echo "## Session"; echo; printf -- '- %s\n' "${status[@]}"
+    echo "- total: $(( $(date +%s) - start )) s of a ${SESSION_S} s budget"; } >> "$out/h200.md"
+}
+
+# --- 1. check --------------------------------------------------------------------------------------------------
+if has check; then
+  limit=$(min "$CHECK_S" "$(( $(left) - 30 ))")
+  log "check: benchmarks/gpu_check.py --device $DEVICE (limit ${limit}s)"
+  t0=$(date +%s)
+  timeout -k 10 "$limit" "$PYTHON" "$repo/benchmarks/gpu_check.py" --device "$DEVICE" --out "$out" \
+    ${QUICK:+--quick} > "$work/check.txt" 2>> "$out/session.log"
+  rc=$?
+  parts=("1. CUDA correctness (benchmarks/gpu_check.py --device $DEVICE)|$work/check.txt" "${parts[@]}")
+  status+=("check: exit $rc in $(( $(date +%s) - t0 )) s$([ $rc -eq 124 ] && echo ' (stopped at its time limit)')")
+  log "${status[-1]}"
+  assemble
+fi
+
+# --- 2. quickstart ---------------------------------------------------------------------------------------------
+if has quickstart; then
+  limit=$(min "$QUICKSTART_S" "$(( $(left) - 30 ))")
+  if [ -z "$QUICK" ] && [ ! -d "$carry/cache" ]; then
+    echo "(skipped: no $carry/cache; bash benchmarks/gpu_prepare.sh builds it)" > "$work/quickstart.txt"
+    status+=("quickstart: skipped (no cache)")
+  elif [ "$limit" -lt 30 ]; then
+    echo "(skipped: ${limit} s left)" > "$work/quickstart.txt"
+    status+=("quickstart: skipped (time)")
+  else
+    args=(--device "$DEVICE" --output "$work/quickstart")
+    [ -n "$QUICK" ] && args+=(--tiny --steps 2 --batch-size 8)
+    log "quickstart: python -m open_clip_dive.quickstart ${args[*]} (limit ${limit}s)"
+    t0=$(date +%s)
+    (cd "$work" && timeout -k 10 "$limit" "$PYTHON" -m open_clip_dive.quickstart "${args[@]}") \
+      > "$work/quickstart.log" 2>&1
+    rc=$?
+    seconds=$(( $(date +%s) - t0 ))
+    {
+      echo "\`python -m open_clip_dive.quickstart ${args[*]}\`: exit $rc, ${seconds} s wall clock (model and data"
+      echo "prebuilt, carried; each training run and the evaluation is a subprocess, times below from its log)."
+      echo
+      grep -E "^\[quickstart\]" "$work/quickstart.log"
+      echo
+      if [ -s "$work/quickstart/results/results.md" ]; then cat "$work/quickstart/results/results.md"; \
+        cp "$work/quickstart/results/results.md" "$out/quickstart.md"; else tail -n 30 "$work/quickstart.log"; fi
+    } > "$work/quickstart.txt"
+    status+=("quickstart: exit $rc in ${seconds} s$([ $rc -eq 124 ] && echo ' (stopped at its time limit)')")
+  fi
+  parts+=("3. Quickstart on $DEVICE|$work/quickstart.txt")
+  log "${status[-1]}"
+  assemble
+fi
+
+# --- 3. bench --------------------------------------------------------------------------------------------------
+if has bench; then
+  total=$(( $(left) - 15 ))
+  if [ "$total" -lt 120 ]; then
+    echo "(skipped: ${total} s left)" > "$work/gpu.md"
+    status+=("bench: skipped (time)")
+  else
+    if [ -n "$QUICK" ]; then  # the tiny settings of tests/test_benchmarks.py
+      export MODEL=${MODEL:-tiny} BATCH=${BATCH:-4} ROUNDS=${ROUNDS:-1} STEPS=${STEPS:-1} PRECISIONS=${PRECISIONS:-fp32}
+      export FRACTIONS=${FRACTIONS:-0.5,1} DATA_SAMPLES=${DATA_SAMPLES:-24} DATA_BATCH=${DATA_BATCH:-8} WORKERS=${WORKERS:-0}
+      export STEP_ARGS=${STEP_ARGS:---memory-fractions 0.5 --no-memory-checkpointing --clock cpu}
+    else
+      export ROUNDS=${ROUNDS:-3}
+    fi
+    log "bench: benchmarks/gpu.sh with TOTAL_S=$total"
+    t0=$(date +%s)
+    TOTAL_S=$total bash "$repo/benchmarks/gpu.sh" "$work/gpu.md" >> "$out/session.log" 2>&1
+    rc=$?
+    cp "$work/gpu.md" "$out/gpu.md" 2>/dev/null
+    status+=("bench: exit $rc in $(( $(date +%s) - t0 )) s")
+  fi
+  bench_part="2. Step time, memory and data pipeline (benchmarks/gpu.sh)|$work/gpu.md"
+  if [ ${#parts[@]} -gt 0 ] && has check; then parts=("${parts[0]}" "$bench_part" "${parts[@]:1}"); \
+  else parts=("$bench_part" "${parts[@]}"); fi
+  log "${status[-1]}"
+  assemble
+fi
+
+assemble
+log "done: $out/h200.md"
+tail -n 60 "$out/h200.md"
+grep -q "^- check: exit 0" "$out/h200.md" || ! has check
