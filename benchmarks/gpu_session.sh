@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The GPU session of issue 13 in one script, for ONE `run` call of the device tool (benchmarks/README.md, "GPU
-# session", has the exact call). Prepare the carry first, here: bash benchmarks/gpu_prepare.sh.
-#   0. install: the wheels of .gpu_carry/wheels into /tmp (only where open_clip_train or webdataset is missing)
+# The GPU session of issue 13 in one script, for the device tool's `run` (benchmarks/README.md, "GPU session", has
+# the exact calls). Prepare the carry first, here: bash benchmarks/gpu_prepare.sh.
+#   0. stage and install: keep this call's part of the quickstart's archive (.gpu_carry/stageNN); the wheels of
+#      .gpu_carry/base/wheels into /tmp (only where open_clip_train or webdataset is missing)
 #   1. check:      benchmarks/gpu_check.py --device $DEVICE (CUDA against the CPU; exit 1 on a FAIL row)
-#   2. quickstart: python -m open_clip_dive.quickstart --device $DEVICE, timed (model and data: .gpu_carry/cache)
+#   2. quickstart: python -m open_clip_dive.quickstart --device $DEVICE, timed (model and data: the staged archive)
 #   3. bench:      benchmarks/gpu.sh (ViT-B/16 at B=512: step time, memory, loader) with the time left
 # Everything goes to $OUT (or the first argument): h200.md (the form of benchmarks/results/h200.md: machine,
 # nvidia-smi, versions, each part's output as printed), gpu_check.md/.json, gpu.md, quickstart.md, session.log.
 #
 #   bash benchmarks/gpu_session.sh [OUTPUT_DIR]
 #
-# Settings (environment): DEVICE (cuda), PHASES (check,quickstart,bench), SESSION_S (560: the whole script; keep it
-# under the run's timeout_s), CHECK_S (150), QUICKSTART_S (150), PYTHON (default .venv/bin/python, else python3),
+# Settings (environment): DEVICE (cuda), PHASES (check,quickstart,bench), SESSION_S (575: the whole script; keep it
+# under the run's timeout_s), CHECK_S (140), QUICKSTART_S (180), STAGE_ONLY=1 (only keep this call's part of the
+# quickstart's archive in STAGE_DIR, default .gpu_stage, for the next call), PYTHON (default .venv/bin/python, else python3),
 # QUICK=1 (a dry run's sizes: gpu_check --quick, the tiny quickstart, gpu.sh's tiny settings), and gpu.sh's own.
 # Dry run on CPU:  DEVICE=cpu QUICK=1 bash benchmarks/gpu_session.sh /tmp/gpu_session_dry
 set -uo pipefail
@@ -20,11 +22,12 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-${OUT:-$repo/gpu_session_out}}
 DEVICE=${DEVICE:-cuda}
 PHASES=${PHASES:-check,quickstart,bench}
-SESSION_S=${SESSION_S:-560}
-CHECK_S=${CHECK_S:-150}
-QUICKSTART_S=${QUICKSTART_S:-150}
+SESSION_S=${SESSION_S:-575}
+CHECK_S=${CHECK_S:-140}
+QUICKSTART_S=${QUICKSTART_S:-180}
 QUICK=${QUICK:-}
 carry="$repo/.gpu_carry"
+STAGE_DIR=${STAGE_DIR:-$repo/.gpu_stage}
 if [ -z "${PYTHON:-}" ]; then
   if [ -x "$repo/.venv/bin/python" ]; then PYTHON=$repo/.venv/bin/python; else PYTHON=$(command -v python3); fi
 fi
@@ -41,20 +44,46 @@ log() { echo "[gpu_session $(( $(date +%s) - start ))s] $*" | tee -a "$out/sessi
 status=()  # one line per phase, for the summary
 : > "$out/session.log"
 
-# --- 0. install ----------------------------------------------------------------------------------------------
+# --- 0. stage and install ------------------------------------------------------------------------------------------
+# the quickstart's archive comes in parts, one per call (benchmarks/gpu_prepare.sh): keep this call's part where the
+# next call on the same (warm) machine finds it
+manifest="$carry/base/cache.manifest"
+mkdir -p "$STAGE_DIR"
+for part in "$carry"/stage*/cache.tgz.*; do [ -f "$part" ] && cp "$part" "$STAGE_DIR/"; done
+staged=0; parts=0
+if [ -f "$manifest" ]; then
+  parts=$(grep -c "cache.tgz" "$manifest")
+  staged=$(cd "$STAGE_DIR" && grep "cache.tgz" "$manifest" | sha256sum -c - 2>/dev/null | grep -c ": OK$")
+fi
+if [ -n "${STAGE_ONLY:-}" ]; then
+  log "staged ${staged} of ${parts} parts of the quickstart's model and data in $STAGE_DIR"
+  ls -la "$STAGE_DIR" >&2
+  exit 0
+fi
 if ! "$PYTHON" -c "import open_clip_train, webdataset" 2>/dev/null; then
   site=/tmp/dive-site
-  if ! ls "$carry"/wheels/*.whl >/dev/null 2>&1; then
-    log "open_clip_train / webdataset missing and no wheels in $carry/wheels: run bash benchmarks/gpu_prepare.sh here first"
+  if ! ls "$carry"/base/wheels/*.whl >/dev/null 2>&1; then
+    log "open_clip_train / webdataset missing and no wheels in $carry/base/wheels: run bash benchmarks/gpu_prepare.sh here first"
     exit 3
   fi
-  log "installing $(ls "$carry"/wheels | tr '\n' ' ')into $site"
+  log "installing $(ls "$carry"/base/wheels | tr '\n' ' ')into $site"
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-    "$carry"/wheels/*.whl >> "$out/session.log" 2>&1 || { log "pip install failed"; exit 3; }
-  cp -r "$carry"/meta/*.dist-info "$site"/ 2>/dev/null
+    "$carry"/base/wheels/*.whl >> "$out/session.log" 2>&1 || { log "pip install failed"; exit 3; }
+  cp -r "$carry"/base/meta/*.dist-info "$site"/ 2>/dev/null
   export PYTHONPATH="$repo:$site${PYTHONPATH#"$repo"}"
 fi
-[ -d "$carry/cache" ] && export OPEN_CLIP_DIVE_CACHE="$carry/cache"
+quickstart_cache=""
+if [ "$parts" -gt 0 ] && [ "$staged" -eq "$parts" ]; then
+  quickstart_cache=/tmp/dive-cache
+  rm -rf "$quickstart_cache" && mkdir -p "$quickstart_cache"
+  if cat "$STAGE_DIR"/cache.tgz.* | tar -xz -C "$quickstart_cache"; then
+    log "unpacked the quickstart's $(head -1 "$manifest" | cut -d' ' -f2) model and data ($parts parts) into $quickstart_cache"
+  else
+    log "could not unpack the quickstart's archive"; quickstart_cache=""
+  fi
+elif [ "$parts" -gt 0 ]; then
+  log "only ${staged} of ${parts} parts of the quickstart's model and data are staged (a STAGE_ONLY=1 call per stage folder)"
+fi
 "$PYTHON" -c "import open_clip, open_clip_train.main, webdataset, open_clip_dive.plugin" >> "$out/session.log" 2>&1 \
   || { log "the imports fail (see session.log)"; exit 3; }
 log "python $PYTHON; PYTHONPATH=$PYTHONPATH; device $DEVICE; phases $PHASES; budget ${SESSION_S}s"
@@ -63,8 +92,8 @@ log "python $PYTHON; PYTHONPATH=$PYTHONPATH; device $DEVICE; phases $PHASES; bud
 {
   echo "# open_clip_dive on one GPU: CUDA correctness, step time and memory, the quickstart (issue 13)"
   echo
-  echo "Written by \`benchmarks/gpu_session.sh\` on $(date -u +%FT%TZ); commit: $(head -1 "$carry/COMMIT" 2>/dev/null \
-    || git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)$(sed -n '2,$p' "$carry/COMMIT" 2>/dev/null | tr '\n' ' ')."
+  echo "Written by \`benchmarks/gpu_session.sh\` on $(date -u +%FT%TZ); commit: $(head -1 "$carry/base/COMMIT" 2>/dev/null \
+    || git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)$(sed -n '2,$p' "$carry/base/COMMIT" 2>/dev/null | tr '\n' ' ')."
   echo
   echo "## Machine"
   echo
@@ -115,15 +144,18 @@ fi
 # --- 2. quickstart ---------------------------------------------------------------------------------------------
 if has quickstart; then
   limit=$(min "$QUICKSTART_S" "$(( $(left) - 30 ))")
-  if [ -z "$QUICK" ] && [ ! -d "$carry/cache" ]; then
-    echo "(skipped: no $carry/cache; bash benchmarks/gpu_prepare.sh builds it)" > "$work/quickstart.txt"
-    status+=("quickstart: skipped (no cache)")
+  if [ -z "$QUICK" ] && [ -z "$quickstart_cache" ]; then
+    echo "(skipped: its model and data were not staged: ${staged} of ${parts} parts; see benchmarks/README.md)" \
+      > "$work/quickstart.txt"
+    status+=("quickstart: skipped (${staged} of ${parts} parts staged)")
   elif [ "$limit" -lt 30 ]; then
     echo "(skipped: ${limit} s left)" > "$work/quickstart.txt"
     status+=("quickstart: skipped (time)")
   else
     args=(--device "$DEVICE" --output "$work/quickstart")
     [ -n "$QUICK" ] && args+=(--tiny --steps 2 --batch-size 8)
+    [ -n "$quickstart_cache" ] && export OPEN_CLIP_DIVE_CACHE="$quickstart_cache"
+    [ "$(head -1 "$manifest" 2>/dev/null)" = "build tiny" ] && [ -z "$QUICK" ] && args+=(--tiny)
     log "quickstart: python -m open_clip_dive.quickstart ${args[*]} (limit ${limit}s)"
     t0=$(date +%s)
     (cd "$work" && timeout -k 10 "$limit" "$PYTHON" -m open_clip_dive.quickstart "${args[@]}") \
