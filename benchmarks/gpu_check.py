@@ -8,6 +8,7 @@ Sections (each row of the table: PASS, FAIL, SKIP with its reason, or MEASURED f
              state, e.g. the EMA vector m, moves in between) on DEVICE against the CPU on the same inputs
   ema        DifferenceVectorEMA's update on DEVICE against the CPU; its saved state, loaded from a CPU checkpoint
              before or after `.to(DEVICE)`, lives on DEVICE and keeps updating there
+  rng        the RNG state a checkpoint stores makes DEVICE's generator repeat its draws after a resume
   step       two `train.TrainingStep`s of the tiny model (open_clip's AdamW, the frozen copy, the registry loss) per
              loss: terms, gradients, parameter updates and loss state against the CPU's; then `placement`: every
              tensor of the model, its gradients, the optimizer state, the loss and the frozen model is on DEVICE
@@ -194,7 +195,8 @@ def run_loss(loss, device, precision, seeds):
             inputs.update({k: v.to(device) for k, v in frozen.items()})
             terms = loss(**inputs, output_dict=True)
         sum(terms.values()).backward()
-        steps.append(({k: v.detach() for k, v in terms.items()}, {k: v.grad for k, v in leaves.items() if v.grad is not None}))
+        grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}  # snd uses no text features
+        steps.append(({k: v.detach() for k, v in terms.items()}, grads))
         if hasattr(loss, "on_optimizer_step"):
             loss.on_optimizer_step()
     return steps, {k: v.detach() for k, v in loss.state_dict().items()}
@@ -215,9 +217,11 @@ def check_losses(device, names, rows, log):
                     "grads": worst((s[1], r[1]) for s, r in zip(steps, ref_steps)),
                     "state": rel_err(state, ref_state) if ref_state else None}
 
-        compare(rows, "loss", name, errors(cpu["amp_bf16"]), lambda p: (
-            lambda loss: (errors(run_loss(loss, device, p, (1, 2))), misplaced(device, loss=loss)))(
-            build_loss(name, make_args(name, p, device)).to(device)), log)
+        def on_device(precision):
+            loss = build_loss(name, make_args(name, precision, device)).to(device)
+            return errors(run_loss(loss, device, precision, (1, 2))), misplaced(device, loss=loss)
+
+        compare(rows, "loss", name, errors(cpu["amp_bf16"]), on_device, log)
 
 
 def compare(rows, section, case, cpu_bf16, run_on_device, log):
@@ -269,6 +273,24 @@ def check_ema(device, rows):
         except Exception as e:
             rows.append(fail("ema", case, "fp32", _one_line(e)))
         cpu = run(DifferenceVectorEMA(0, 0.9), "cpu", 0)
+
+
+# --- rng: the checkpoint's RNG state restores the device's generator ----------------------------------------
+def check_rng(device, work, rows):
+    """What a preemption checkpoint stores (checkpoint.rng_state, through a weights_only save) makes the device's
+    generator draw the same numbers again after resume (dropout, patch dropout)."""
+    from open_clip_dive.checkpoint import rng_state, set_rng_state
+
+    torch.rand(1, device=device)  # the device's generator exists, as after a training step
+    path = os.path.join(work, "rng.pt")
+    torch.save(rng_state(), path)
+    first = torch.rand(1000, device=device)
+    set_rng_state(torch.load(path, weights_only=True))
+    again = torch.rand(1000, device=device)
+    kind = torch.device(device).type
+    saved = "cuda" in torch.load(path, weights_only=True) if kind == "cuda" else True
+    rows.append(row("rng", f"checkpoint RNG state -> {kind} generator", "-", "same draws",
+                    {"state": rel_err(again, first)}, devices=[] if saved else ["no CUDA generator in the checkpoint"]))
 
 
 # --- step: TrainingStep of the tiny model ------------------------------------------------------------------
@@ -624,7 +646,7 @@ def main(argv=None) -> int:
                    "(default: $DEVICE, else cuda). cpu: a dry run of every check on the CPU.")
     p.add_argument("--out", default=os.environ.get("OUT"), help="Write gpu_check.md and gpu_check.json here "
                    "(default: $OUT; none: only print).")
-    p.add_argument("--sections", default="loss,ema,step,placement,train,cache", help="Comma list of sections.")
+    p.add_argument("--sections", default="loss,ema,rng,step,placement,train,cache", help="Comma list of sections.")
     p.add_argument("--losses", default=None, help="Comma list of registry losses (default: list_losses()).")
     p.add_argument("--quick", action="store_true", help="A dry run's sizes: a 6-step train run without its "
                    "uninterrupted twin; step and placement sections for flyp and dive only.")
@@ -655,6 +677,7 @@ def main(argv=None) -> int:
     checks = {
         "loss": lambda: check_losses(a.device, names, rows, log),
         "ema": lambda: check_ema(a.device, rows),
+        "rng": lambda: check_rng(a.device, work, rows),
         "step": lambda: check_steps(a.device, step_names, rows, log, models),
         "placement": lambda: check_placement(sorted({a.device, "meta"}, key=lambda d: d == "meta"), step_names,
                                              rows, models),

@@ -105,7 +105,7 @@ def test_gpu_session_dry_run_on_cpu_passes_every_correctness_check(tmp_path):
     by_section = {}
     for r in rows:
         by_section.setdefault(r["section"], []).append(r)
-    assert set(by_section) == {"loss", "ema", "step", "placement", "train", "cache"}
+    assert set(by_section) == {"loss", "ema", "rng", "step", "placement", "train", "cache"}
     precisions = ["amp_bf16 (cpu)", "fp32", "amp_bf16"]  # the CPU's own bf16 error, then the device's two rows
     assert [(r["case"], r["precision"]) for r in by_section["loss"]] == [(n, p) for n in list_losses()
                                                                          for p in precisions]
