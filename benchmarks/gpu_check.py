@@ -684,6 +684,29 @@ def main(argv=None) -> int:
         "train": lambda: check_train(a.device, work, rows, log, a.quick),
         "cache": lambda: check_cache(a.device, work, rows, models),
     }
+    versions = f"torch {torch.__version__}" + (f", CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}"
+                                               if torch.device(a.device).type == "cuda" else "")
+
+    def report(done):
+        counts = {k: sum(r["result"] == k for r in rows) for k in ("PASS", "MEASURED", "SKIP", "FAIL")}
+        text = "\n".join([
+            f"CUDA correctness (benchmarks/gpu_check.py): --device {a.device} against the CPU; {versions}; "
+            f"fp32 with TF32 off, bound {FP32_TOL:g}; bf16 autocast against the CPU's fp32, bound {BF16_FACTOR:g}x "
+            f"the CPU's own bf16 error (the `amp_bf16 (cpu)` rows, at least {BF16_FLOOR:g}). Relative errors "
+            "||a - b|| / ||b||; terms and gradients: the worst of two steps.", "",
+            table(rows), "", *bf16_summary(rows), "",
+            f"Result: {counts['FAIL']} FAIL, {counts['PASS']} PASS, {counts['MEASURED']} MEASURED, {counts['SKIP']} "
+            f"SKIP ({', '.join(timings)}; {time.time() - started:.0f} s)"
+            + ("" if done else f"; not run (yet): {', '.join(sections[len(timings):])}")])
+        if a.out:  # after every section: a run stopped at its time limit keeps what finished
+            os.makedirs(a.out, exist_ok=True)
+            with open(os.path.join(a.out, "gpu_check.md"), "w") as f:
+                f.write(text + "\n")
+            with open(os.path.join(a.out, "gpu_check.json"), "w") as f:
+                json.dump({"device": a.device, "versions": versions, "rows": rows, "logs": logs[-20:]}, f,
+                          indent=1, default=str)
+        return text, counts
+
     for section in sections:
         t0 = time.time()
         try:
@@ -693,30 +716,13 @@ def main(argv=None) -> int:
             log(traceback.format_exc())
         timings.append(f"{section} {time.time() - t0:.0f} s")
         print(f"[gpu_check] {section} done ({timings[-1]})", file=sys.stderr, flush=True)
+        report(False)
     if tmp is not None:
         tmp.cleanup()
-
-    counts = {k: sum(r["result"] == k for r in rows) for k in ("PASS", "MEASURED", "SKIP", "FAIL")}
-    versions = f"torch {torch.__version__}" + (f", CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}"
-                                               if torch.device(a.device).type == "cuda" else "")
-    text = "\n".join([
-        f"CUDA correctness (benchmarks/gpu_check.py): --device {a.device} against the CPU; {versions}; "
-        f"fp32 with TF32 off, bound {FP32_TOL:g}; bf16 autocast against the CPU's fp32, bound {BF16_FACTOR:g}x the "
-        f"CPU's own bf16 error (the `amp_bf16 (cpu)` rows, at least {BF16_FLOOR:g}). Relative errors "
-        "||a - b|| / ||b||; terms and gradients: the worst of two steps.", "",
-        table(rows), "", *bf16_summary(rows), "",
-        f"Result: {counts['FAIL']} FAIL, {counts['PASS']} PASS, {counts['MEASURED']} MEASURED, {counts['SKIP']} SKIP "
-        f"({', '.join(timings)}; {time.time() - started:.0f} s)"])
+    text, counts = report(True)
     print(text, flush=True)
     if logs:
         print("\n--- logs of failed checks ---\n" + "\n".join(logs)[-6000:], file=sys.stderr)
-    if a.out:
-        os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "gpu_check.md"), "w") as f:
-            f.write(text + "\n")
-        with open(os.path.join(a.out, "gpu_check.json"), "w") as f:
-            json.dump({"device": a.device, "versions": versions, "rows": rows, "logs": logs[-20:]}, f, indent=1,
-                      default=str)
     return 1 if counts["FAIL"] else 0
 
 

@@ -135,7 +135,9 @@ if has check; then
   timeout -k 10 "$limit" "$PYTHON" "$repo/benchmarks/gpu_check.py" --device "$DEVICE" --out "$out" \
     ${QUICK:+--quick} > "$work/check.txt" 2>> "$out/session.log"
   rc=$?
-  parts=("1. CUDA correctness (benchmarks/gpu_check.py --device $DEVICE)|$work/check.txt" "${parts[@]}")
+  # gpu_check.py rewrites gpu_check.md after every section: a check stopped at its limit keeps what finished
+  [ -s "$out/gpu_check.md" ] || cp "$work/check.txt" "$out/gpu_check.md"
+  parts+=("1. CUDA correctness (benchmarks/gpu_check.py --device $DEVICE)|$out/gpu_check.md")
   status+=("check: exit $rc in $(( $(date +%s) - t0 )) s$([ $rc -eq 124 ] && echo ' (stopped at its time limit)')")
   log "${status[-1]}"
   assemble
@@ -164,7 +166,7 @@ if has quickstart; then
     seconds=$(( $(date +%s) - t0 ))
     {
       echo "\`python -m open_clip_dive.quickstart ${args[*]}\`: exit $rc, ${seconds} s wall clock (model and data"
-      echo "prebuilt, carried; each training run and the evaluation is a subprocess, times below from its log)."
+      echo "prebuilt: ${quickstart_cache:-the local cache}; each training run and the evaluation is a subprocess, times from its log)."
       echo
       grep -E "^\[quickstart\]" "$work/quickstart.log"
       echo
