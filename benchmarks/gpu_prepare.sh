@@ -78,8 +78,9 @@ print(root); print(os.path.relpath(model_dir, root)); print(os.path.relpath(data
   rmdir "$stage"
 fi
 
-{ git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown
-  git -C "$repo" status --porcelain 2>/dev/null | grep -v '^??' | head -5 | sed 's/^/dirty: /'; } > "$carry/base/COMMIT"
+changed=$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
+echo "$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)${changed:+ with uncommitted changes to ${changed% }}" \
+  > "$carry/base/COMMIT"
 log "base: $(du -sh "$carry/base" | cut -f1) ($(ls "$carry/base/wheels" | wc -l) wheels)"
 for d in "$carry"/stage*; do [ -d "$d" ] && log "$(basename "$d"): $(du -sh "$d" | cut -f1)"; done
 log "calls: one per stage folder, each carrying .gpu_carry/base and it (benchmarks/README.md, GPU session)"

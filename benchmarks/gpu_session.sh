@@ -98,8 +98,12 @@ log "python $PYTHON; PYTHONPATH=$PYTHONPATH; device $DEVICE; phases $PHASES; bud
   echo "## Machine"
   echo
   echo '```'
-  nvidia-smi 2>&1 || echo "nvidia-smi: not available (device $DEVICE)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv 2>/dev/null
+  if command -v nvidia-smi >/dev/null; then  # read only: the card's settings are left as they are
+    nvidia-smi 2>&1
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv 2>&1
+  else
+    echo "nvidia-smi: not on this machine (device $DEVICE)"
+  fi
   "$PYTHON" - <<'EOF'
 import os, platform, sys
 from importlib.metadata import version
