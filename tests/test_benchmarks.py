@@ -90,6 +90,7 @@ def test_plugin_overhead_compares_both_trainers(tmp_path, capsys, monkeypatch):
     assert "loop step ratio plugin/open_clip:" in stdout
 
 
+@pytest.mark.slow
 def test_gpu_session_dry_run_on_cpu_passes_every_correctness_check(tmp_path):
     """benchmarks/gpu_session.sh's check phase, DEVICE=cpu: gpu_check.py --quick, every section, every loss; and
     the h200.md it assembles."""
