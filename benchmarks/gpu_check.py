@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py --device cuda --out "$OUT"     # on the GPU (benchmarks/gpu_session.sh runs it)
     python benchmarks/gpu_check.py --device cpu --quick            # dry run of the same path on a CPU (the tests)
 
-Sections (each row of the table: PASS, FAIL, SKIP with its reason, or MEASURED for bf16 against fp32):
+Sections (each row of the table: PASS, FAIL, SKIP with its reason, or MEASURED: shown, not bounded):
   loss       every registry loss (list_losses()): its terms and the gradients of its inputs over two steps (its
              state, e.g. the EMA vector m, moves in between) on DEVICE against the CPU on the same inputs
   ema        DifferenceVectorEMA's update on DEVICE against the CPU; its saved state, loaded from a CPU checkpoint
@@ -21,7 +21,7 @@ Sections (each row of the table: PASS, FAIL, SKIP with its reason, or MEASURED f
 
 Errors are relative, ||a - b|| / ||b|| over all elements in float64 (a non-finite value never passes). fp32 runs
 with TF32 off (open_clip's trainer turns it on; `train` keeps that): bound 1e-4. bf16 autocast has no fixed bound:
-its error against the CPU's fp32 is printed, next to the CPU's own bf16 error (the `cpu amp_bf16` row), and DEVICE
+its error against the CPU's fp32 is printed, next to the CPU's own bf16 error (the `amp_bf16 (cpu)` rows), and DEVICE
 passes when it is no further from fp32 than BF16_FACTOR times the CPU's bf16 (at least BF16_FLOOR).
 """
 
@@ -41,6 +41,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import REPO, TINY_MODEL, TINY_MODEL_CFG, markdown_table, register_tiny_model  # noqa: E402
 
+import step_time  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -88,7 +89,7 @@ def same_device(actual: torch.device, target: torch.device) -> bool:
     return actual.type == target.type and (target.index is None or actual.index in (None, target.index))
 
 
-def tensors_of(obj, prefix=""):
+def tensors_of(obj):
     """(name, tensor) of every tensor `obj` holds: an nn.Module's parameters (and their gradients), buffers and
     tensor attributes (also inside lists, tuples and dicts) of every submodule; an optimizer's state."""
     found = []
@@ -111,10 +112,10 @@ def tensors_of(obj, prefix=""):
             for k, v in state.items():
                 if k == "step" and isinstance(v, torch.Tensor) and v.dim() == 0 and v.device.type == "cpu":
                     continue  # torch keeps Adam's step counter on the CPU unless capturable/fused: by design
-                visit(v, f"{prefix}{names.get(id(p), '?')}.{k}")
+                visit(v, f"{names.get(id(p), '?')}.{k}")
         return found
     for mod_name, module in obj.named_modules():
-        base = f"{prefix}{mod_name}." if mod_name else prefix
+        base = f"{mod_name}." if mod_name else ""
         for key, value in vars(module).items():
             if key == "_modules":
                 continue
@@ -141,24 +142,18 @@ def autocast(precision, device):
 
 
 # --- the pieces, as step_time.py builds them (the plugin's parser, open_clip's AdamW) ----------------------
-def _step_time():
-    import step_time
-
-    return step_time
-
-
 def make_args(loss, precision, device, ref_precision="fp32", lr=1e-5):
     from open_clip_dive.losses import loss_uses_reference
 
     ref = B_REF if loss_uses_reference(loss) else None
     # meta is no open_clip device: parse for the CPU, then point the run at meta
-    args = _step_time().make_args(TINY_MODEL, B, precision, "cpu" if device == "meta" else device, loss, ref,
-                                  ref_precision, lr=lr)
+    args = step_time.make_args(TINY_MODEL, B, precision, "cpu" if device == "meta" else device, loss, ref,
+                               ref_precision, lr=lr)
     args.device = device if device == "meta" else args.device
     return args
 
 
-def build_loss(name, args, factory=None):
+def build_loss(args, factory=None):
     from open_clip_dive.losses import create_loss
 
     return factory(args) if factory is not None else create_loss(args)
@@ -205,7 +200,7 @@ def run_loss(loss, device, precision, seeds):
 def check_losses(device, names, rows, log):
     for name in names:
         try:
-            cpu = {p: run_loss(build_loss(name, make_args(name, p, "cpu")), "cpu", p, (1, 2))
+            cpu = {p: run_loss(build_loss(make_args(name, p, "cpu")), "cpu", p, (1, 2))
                    for p in ("fp32", "amp_bf16")}
         except Exception as e:  # a loss this check cannot feed (e.g. one that needs class heads): say why
             rows.append(skip("loss", name, f"cannot run on the CPU with generic inputs: {_one_line(e)}"))
@@ -218,7 +213,7 @@ def check_losses(device, names, rows, log):
                     "state": rel_err(state, ref_state) if ref_state else None}
 
         def on_device(precision):
-            loss = build_loss(name, make_args(name, precision, device)).to(device)
+            loss = build_loss(make_args(name, precision, device)).to(device)
             return errors(run_loss(loss, device, precision, (1, 2))), misplaced(device, loss=loss)
 
         compare(rows, "loss", name, errors(cpu["amp_bf16"]), on_device, log)
@@ -300,7 +295,7 @@ def tiny_models(seed):
     register_tiny_model()
     torch.manual_seed(seed)
     args = make_args("flyp", "fp32", "cpu")
-    pretrained = _step_time().create_model(args)
+    pretrained = step_time.create_model(args)
     trainable = copy.deepcopy(pretrained)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -319,21 +314,20 @@ def run_steps(name, device, precision, models, steps=2, factory=None):
     from open_clip_dive.reference import frozen_copy
     from open_clip_dive.train import TrainingStep
 
-    st = _step_time()
     ref_precision = "bf16" if precision == "amp_bf16" else "fp32"
     args = make_args(name, precision, device, ref_precision)
     pretrained, trainable = models
-    loss = build_loss(name, args, factory)
+    loss = build_loss(args, factory)
     model = copy.deepcopy(trainable).to(device)
     frozen = frozen_copy(copy.deepcopy(pretrained).to(device), ref_precision) if needs_frozen(loss) else None
     loss.to(device)
     if device == "meta":  # open_clip's AdamW reads its step counter with .item(), which meta tensors cannot do
         optimizer, scaler = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9), None
     else:
-        optimizer, scaler = st.create_optimizer(model, args)
+        optimizer, scaler = step_time.create_optimizer(model, args)
     tokenizer = open_clip.get_tokenizer(TINY_MODEL)
-    batch = st.make_batch(args, tokenizer, B, 0)
-    ref = st.make_batch(args, tokenizer, B_REF, 1, captions=True) if needs_reference(loss) else None
+    batch = step_time.make_batch(args, tokenizer, B, 0)
+    ref = step_time.make_batch(args, tokenizer, B_REF, 1, captions=True) if needs_reference(loss) else None
     run_frozen = frozen
     if device == "meta" and frozen is not None:
         # torch.autocast has no meta backend, so the frozen forward cannot run there: the step gets the frozen
