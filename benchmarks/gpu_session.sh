@@ -92,8 +92,8 @@ log "python $PYTHON; PYTHONPATH=$PYTHONPATH; device $DEVICE; phases $PHASES; bud
 {
   echo "# open_clip_dive on one GPU: CUDA correctness, step time and memory, the quickstart (issue 13)"
   echo
-  echo "Written by \`benchmarks/gpu_session.sh\` on $(date -u +%FT%TZ); commit: $(head -1 "$carry/base/COMMIT" 2>/dev/null \
-    || git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)$(sed -n '2,$p' "$carry/base/COMMIT" 2>/dev/null | tr '\n' ' ')."
+  echo "Written by \`benchmarks/gpu_session.sh\` on $(date -u +%FT%TZ); commit: $(cat "$carry/base/COMMIT" 2>/dev/null \
+    || git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)."
   echo
   echo "## Machine"
   echo
