@@ -48,10 +48,10 @@ status=()  # one line per phase, for the summary
 # the quickstart's archive comes in parts, one per call (benchmarks/gpu_prepare.sh): keep this call's part where the
 # next call on the same (warm) machine finds it
 manifest="$carry/base/cache.manifest"
-mkdir -p "$STAGE_DIR"
-for part in "$carry"/stage*/cache.tgz.*; do [ -f "$part" ] && cp "$part" "$STAGE_DIR/"; done
 staged=0; parts=0
-if [ -f "$manifest" ]; then
+if [ -f "$manifest" ] && { [ -n "${STAGE_ONLY:-}" ] || has quickstart; }; then
+  mkdir -p "$STAGE_DIR"
+  for part in "$carry"/stage*/cache.tgz.*; do [ -f "$part" ] && cp "$part" "$STAGE_DIR/"; done
   parts=$(grep -c "cache.tgz" "$manifest")
   staged=$(cd "$STAGE_DIR" && grep "cache.tgz" "$manifest" | sha256sum -c - 2>/dev/null | grep -c ": OK$")
 fi
