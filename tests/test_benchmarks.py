@@ -132,17 +132,13 @@ def test_gpu_session_dry_run_on_cpu_passes_every_correctness_check(tmp_path):
     assert headers == gpu_check.HEADERS and len(table) == len(rows)
 
 
-def _models():
-    return gpu_check.tiny_models(0)
-
-
 def test_every_state_tensor_follows_the_training_device():
     """Two TrainingSteps on `meta` (where an op mixing in a CPU tensor fails as on CUDA) leave every tensor of the
     model, the optimizer, each registry loss and the frozen model on that device: the CUDA placement check's
     counterpart on a CPU."""
     from open_clip_dive.losses import list_losses
 
-    models = _models()
+    models = gpu_check.tiny_models(0)
     for name in list_losses():
         assert gpu_check.placement_problems("meta", name, models) == [], name
 
@@ -162,7 +158,7 @@ def test_placement_check_catches_a_tensor_the_loss_keeps_off_the_device():
                 ref_image_features = ref_image_features - self.centre
             return super().forward(ref_image_features=ref_image_features, **kwargs)
 
-    models = _models()
+    models = gpu_check.tiny_models(0)
     used = gpu_check.placement_problems("meta", "dive", models, factory=lambda a: CentredDiVE(a, True))
     assert len(used) == 1 and used[0].startswith("step failed") and "device" in used[0], used
     carried = gpu_check.placement_problems("meta", "dive", models, factory=lambda a: CentredDiVE(a, False))
