@@ -3,7 +3,7 @@
 open_clip's checkpoint format is kept (`epoch`, `name`, `state_dict`, `optimizer`, `scaler`); the plugin
 adds one entry, `dive`, of plain tensors and numbers so `torch.load(..., weights_only=True)` still works:
 the loss state (the EMA vector m), the step within the epoch for a mid-epoch (preemption) checkpoint,
-the reference stream's position and the RNG states.
+the reference stream's position and the RNG states (CPU, and the current GPU's).
 """
 
 import glob
@@ -60,10 +60,11 @@ def latest_checkpoint(directory: str) -> Optional[str]:
 
 
 def rng_state() -> dict:
-    """Python, numpy and torch RNG states as tensors (weights_only-loadable)."""
+    """Python, numpy and torch RNG states as tensors (weights_only-loadable); on a GPU also the current device's
+    generator (dropout and patch dropout draw from it)."""
     version, py_state, gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": torch.tensor(py_state, dtype=torch.int64),
         "python_version": version,
@@ -72,6 +73,9 @@ def rng_state() -> dict:
         "numpy_pos": int(np_pos),
         "numpy_gauss": (int(np_has_gauss), float(np_gauss)),
     }
+    if torch.cuda.is_initialized():  # the current device only: touching the others would give each rank a context
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict):
@@ -79,3 +83,5 @@ def set_rng_state(state: dict):
     random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()), state["python_gauss"]))
     has_gauss, gauss = state["numpy_gauss"]
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():  # a CUDA checkpoint resumed on a CPU keeps the CPU's part
+        torch.cuda.set_rng_state(state["cuda"])

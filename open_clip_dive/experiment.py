@@ -30,6 +30,8 @@ class Recipe:
     # likewise dropout (MiniLM's text tower has 0.1): off for every method, as --dive-deterministic turns it off for
     # the frozen-model losses so that their difference vectors measure the weights' change only
     deterministic: bool = True
+    device: str = "cpu"
+    precision: str = "fp32"
     extra: List[str] = field(default_factory=list)
 
 
@@ -60,7 +62,7 @@ def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str
            "--templates", recipe.templates or data["templates"], "--dataset-resampled",
            "--train-num-samples", str(recipe.steps * recipe.batch_size), "--epochs", "1",
            "--batch-size", str(recipe.batch_size), "--lr", str(recipe.lr), "--wd", str(recipe.wd),
-           "--warmup", str(recipe.warmup), "--lr-scheduler", "cosine", "--precision", "fp32", "--device", "cpu",
+           "--warmup", str(recipe.warmup), "--lr-scheduler", "cosine", "--precision", recipe.precision, "--device", recipe.device,
            "--workers", str(recipe.workers), "--seed", str(recipe.seed), "--logs", out_dir, "--name", name,
            "--report-to", "none", "--log-every-n-steps", "25", "--save-frequency", "1", "--loss", loss,
            "--dive-bn-eval" if recipe.bn_eval else "--no-dive-bn-eval",
@@ -83,10 +85,10 @@ def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str
 
 def evaluate_command(model_dir: str, runs: Dict[str, str], suite: str, out_dir: str, rsa_data: str,
                      wise_ft: Optional[str] = None, max_samples: Optional[int] = None,
-                     batch_size: int = 128) -> List[str]:
+                     batch_size: int = 128, device: str = "cpu", precision: str = "fp32") -> List[str]:
     cmd = [sys.executable, "-m", "open_clip_dive.evaluate", "--model", f"local-dir:{model_dir}",
            "--pretrained", f"local-dir:{model_dir}", "--suite", suite, "--output-dir", out_dir,
-           "--device", "cpu", "--precision", "fp32", "--batch-size", str(batch_size), "--workers", "1",
+           "--device", device, "--precision", precision, "--batch-size", str(batch_size), "--workers", "1",
            "--rsa-data", rsa_data, "--rsa-samples", "500", "--no-progress"]
     for label, checkpoint in runs.items():
         cmd += ["--finetuned", f"{label}={checkpoint}"]

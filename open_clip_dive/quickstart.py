@@ -33,6 +33,9 @@ def parse_args(argv):
                    help="AVL and PVL weight for the DiVE run")
     p.add_argument("--max-eval-samples", type=int, default=QUICKSTART_EVAL_SAMPLES,
                    help="evaluate the first N samples of every set (each set is stored in a seeded random order)")
+    p.add_argument("--device", default="cpu", help="training and evaluation device (e.g. cuda)")
+    p.add_argument("--precision", default="fp32", help="open_clip --precision of training and evaluation "
+                   "(e.g. amp_bf16 on a GPU)")
     p.add_argument("--tiny", action="store_true",
                    help="a smoke run: tiny model and data built in seconds, a few steps (what the tests run)")
     return p.parse_args(argv)
@@ -64,7 +67,8 @@ def main(argv=None) -> int:
     start = time.time()
     print("[quickstart] preparing the packaged model and data (cached after the first run)", flush=True)
     model_dir, data = prepare(args.tiny)
-    recipe = Recipe(steps=args.steps, batch_size=args.batch_size, ref_batch_size=args.batch_size)
+    recipe = Recipe(steps=args.steps, batch_size=args.batch_size, ref_batch_size=args.batch_size, device=args.device,
+                    precision=args.precision)
     commands = []
     runs_dir = os.path.join(args.output, "runs")
     checkpoints = {}
@@ -82,7 +86,7 @@ def main(argv=None) -> int:
     print("[quickstart] evaluating pre-trained, FLYP and DiVE (ID / OOD / zero-shot / RSA)", flush=True)
     results_dir = os.path.join(args.output, "results")
     cmd = evaluate_command(model_dir, checkpoints, data["suite"], results_dir, rsa_data="fashion-mnist",
-                           max_samples=args.max_eval_samples)
+                           max_samples=args.max_eval_samples, device=args.device, precision=args.precision)
     run(cmd, os.path.join(args.output, "evaluate.log"), commands)
     with open(os.path.join(args.output, "commands.sh"), "w") as f:
         f.write("#!/usr/bin/env bash\n# what open_clip_dive.quickstart ran\n" + "\n".join(commands) + "\n")

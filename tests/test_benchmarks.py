@@ -1,20 +1,24 @@
 """Smoke tests of benchmarks/: every script runs with the tiniest settings and prints its tables.
 
 Only the shape of the output is checked (rows and columns), never a timing.
-gpu.sh runs step_time.py (timing + memory probes) and data_throughput.py (with the step-time JSON), on CPU.
+gpu.sh runs step_time.py (timing + memory probes) and data_throughput.py (with the step-time JSON), on CPU;
+gpu_session.sh runs gpu_check.py, whose numbers are checked (CPU against CPU: exact; bf16: measured).
 """
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers import REPO, subprocess_env
 
 BENCH = os.path.join(REPO, "benchmarks")
 sys.path.insert(0, BENCH)
 
+import gpu_check  # noqa: E402
 from _common import parse_markdown_table  # noqa: E402
 from data_throughput import THROUGHPUT_HEADERS, WORKER_HEADERS  # noqa: E402
 from plugin_overhead import HEADERS as OVERHEAD_HEADERS, LOOP_HEADERS  # noqa: E402
@@ -84,3 +88,78 @@ def test_plugin_overhead_compares_both_trainers(tmp_path, capsys, monkeypatch):
     assert [r["loop"] for r in loops] == ["open_clip_train.train.train_one_epoch",
                                           "open_clip_dive.train.train_one_epoch"]
     assert "loop step ratio plugin/open_clip:" in stdout
+
+
+@pytest.mark.slow
+def test_gpu_session_dry_run_on_cpu_passes_every_correctness_check(tmp_path):
+    """benchmarks/gpu_session.sh's check phase, DEVICE=cpu: gpu_check.py --quick, every section, every loss; and
+    the h200.md it assembles."""
+    from open_clip_dive.losses import list_losses
+
+    out = tmp_path / "out"
+    env = subprocess_env(DEVICE="cpu", QUICK="1", PHASES="check", PYTHON=sys.executable, SESSION_S="400")
+    result = subprocess.run(["bash", os.path.join(BENCH, "gpu_session.sh"), str(out)], env=env, capture_output=True,
+                            text=True, timeout=400, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads((out / "gpu_check.json").read_text())["rows"]
+    assert [r for r in rows if r["result"] in ("FAIL", "SKIP")] == []
+    by_section = {}
+    for r in rows:
+        by_section.setdefault(r["section"], []).append(r)
+    assert set(by_section) == {"loss", "ema", "rng", "step", "placement", "train", "cache"}
+    precisions = ["amp_bf16 (cpu)", "fp32", "amp_bf16"]  # the CPU's own bf16 error, then the device's two rows
+    assert [(r["case"], r["precision"]) for r in by_section["loss"]] == [(n, p) for n in list_losses()
+                                                                         for p in precisions]
+    assert [(r["case"], r["precision"]) for r in by_section["step"]] == [(n, p) for n in ("dive", "flyp")
+                                                                         for p in precisions]  # --quick
+    assert [(r["case"], r["precision"]) for r in by_section["placement"]] == [
+        (n, f"fp32 ({d})") for d in ("cpu", "meta") for n in ("dive", "flyp")]
+    for r in by_section["loss"] + by_section["step"] + by_section["ema"] + by_section["cache"]:
+        errors = [v for v in r["errors"].values() if v is not None]
+        if r["precision"] == "fp32":  # the same device twice: identical
+            assert errors and all(v == 0 for v in errors), r
+        else:  # bf16 autocast against fp32: an error that is there, and small
+            assert errors and all(0 <= v < 0.5 for v in errors) and max(errors) > 0, r
+            assert r["result"] == ("MEASURED" if r["precision"] == "amp_bf16 (cpu)" else "PASS"), r
+    dive = [r for r in by_section["step"] if r["case"] == "dive"]
+    assert dive[2]["bound"] == "2x cpu bf16" and dive[2]["errors"] == dive[0]["errors"]
+    assert [r["result"] for r in by_section["train"]] == ["PASS", "PASS"]
+    assert "--resume latest" in by_section["train"][1]["case"] and "total 6 of 6" in \
+        by_section["train"][1]["note"]
+    h200 = (out / "h200.md").read_text()
+    assert "## Machine" in h200 and "## 1. CUDA correctness" in h200 and "## Session" in h200
+    headers, table = parse_markdown_table(h200[h200.index("## 1. CUDA"):], "section")
+    assert headers == gpu_check.HEADERS and len(table) == len(rows)
+
+
+def test_every_state_tensor_follows_the_training_device():
+    """Two TrainingSteps on `meta` (where an op mixing in a CPU tensor fails as on CUDA) leave every tensor of the
+    model, the optimizer, each registry loss and the frozen model on that device: the CUDA placement check's
+    counterpart on a CPU."""
+    from open_clip_dive.losses import list_losses
+
+    models = gpu_check.tiny_models(0)
+    for name in list_losses():
+        assert gpu_check.placement_problems("meta", name, models) == [], name
+
+
+def test_placement_check_catches_a_tensor_the_loss_keeps_off_the_device():
+    """The check can fail: a loss that keeps a plain tensor attribute (not a buffer, so `.to()` leaves it on the
+    CPU) is caught, both when it uses it (the step fails on meta as on CUDA) and when it only carries it."""
+    from open_clip_dive.losses import DiVELoss, contrastive_loss
+
+    class CentredDiVE(DiVELoss):
+        def __init__(self, args, use):
+            super().__init__(contrastive_loss(args), avl_weight=1.0, pvl_weight=1.0)
+            self.centre, self.use = torch.zeros(gpu_check.DIM), use  # should be register_buffer
+
+        def forward(self, ref_image_features, **kwargs):
+            if self.use:
+                ref_image_features = ref_image_features - self.centre
+            return super().forward(ref_image_features=ref_image_features, **kwargs)
+
+    models = gpu_check.tiny_models(0)
+    used = gpu_check.placement_problems("meta", "dive", models, factory=lambda a: CentredDiVE(a, True))
+    assert len(used) == 1 and used[0].startswith("step failed") and "device" in used[0], used
+    carried = gpu_check.placement_problems("meta", "dive", models, factory=lambda a: CentredDiVE(a, False))
+    assert carried == ["loss:centre on cpu"], carried

@@ -168,3 +168,23 @@ def test_data_cli_get(tmp_path):
     r = run_module("open_clip_dive.default.data", ["--root", tmp_path / "d", "--limit", 4, "-q", "--get", "nope"],
                    cwd=REPO)
     assert r.returncode == 2 and "no entry 'nope'" in r.stderr
+
+
+def test_a_moved_build_gives_the_paths_where_it_now_is(tmp_path):
+    """A built data folder copied elsewhere (another cache root, the GPU machine's /tmp) is used where it is, not
+    where BUILD.json says it was built (the GPU session unpacks the quickstart's data into /tmp)."""
+    from open_clip_dive.default.data import _identity, build_default_data
+
+    old, new = str(tmp_path / "old"), tmp_path / "new"
+    layout = {"root": old, "id_train": f"{old}/fashion-mnist-train/fashion-mnist-train-{{000000..000001}}.tar",
+              "ood": {"c": f"{old}/c/c-000000.tar"}, "suite": f"{old}/suite.json", "id_name": "fashion-mnist",
+              "num_samples": {"fashion-mnist-train": 3, "c": 2}}
+    for name in layout["num_samples"]:
+        (new / name).mkdir(parents=True)
+        (new / name / "sizes.json").write_text("{}")
+    (new / "BUILD.json").write_text(json.dumps({"identity": _identity(5), "layout": layout}))
+    moved = build_default_data(str(new), limit=5, progress=False)
+    assert moved["root"] == str(new) and moved["suite"] == f"{new}/suite.json"
+    assert moved["id_train"] == f"{new}/fashion-mnist-train/fashion-mnist-train-{{000000..000001}}.tar"
+    assert moved["ood"] == {"c": f"{new}/c/c-000000.tar"}
+    assert moved["id_name"] == "fashion-mnist" and moved["num_samples"] == layout["num_samples"]

@@ -68,3 +68,25 @@ def test_a_half_written_checkpoint_is_never_picked_as_latest(tmp_path):
     assert latest_checkpoint(str(tmp_path)).endswith("epoch_1_step_7.pt")
     atomic_save({"epoch": 2}, str(tmp_path / "epoch_10.pt"))
     assert latest_checkpoint(str(tmp_path)).endswith("epoch_10.pt")  # natural order, not string order
+
+
+def test_a_checkpoint_carries_the_current_gpus_generator(monkeypatch, tmp_path):
+    """On a GPU the RNG state also holds the current device's generator (dropout and patch dropout on CUDA tensors
+    draw from it), so a resumed run draws the same. No GPU here: torch.cuda's four calls are stand-ins; the real
+    round trip is the `rng` row of benchmarks/gpu_check.py on the GPU."""
+    from open_clip_dive import checkpoint as ckpt
+
+    generator = {"state": torch.arange(16, dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: generator["state"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state: generator.update(state=state))
+    atomic_save(ckpt.rng_state(), str(tmp_path / "rng.pt"))
+    generator["state"] = torch.zeros(16, dtype=torch.uint8)  # the generator moved on
+    ckpt.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(generator["state"], torch.arange(16, dtype=torch.uint8))
+
+    monkeypatch.undo()  # this CPU machine: no GPU generator saved, and a GPU checkpoint resumes here without it
+    state = ckpt.rng_state()
+    assert "cuda" not in state
+    ckpt.set_rng_state(dict(state, cuda=torch.zeros(16, dtype=torch.uint8)))

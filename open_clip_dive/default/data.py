@@ -250,6 +250,23 @@ def _identity(limit: Optional[int]) -> dict:
             "emoji": D.EMOJI_VERSION}
 
 
+def _moved(layout: dict, root: str) -> dict:
+    """The layout of a build that was moved or copied (another cache root, another machine) with its paths in `root`:
+    BUILD.json records absolute paths of where it was built."""
+    built = layout["root"]
+    if built == root:
+        return layout
+
+    def move(value):
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, str) and (value == built or value.startswith(built + os.sep)):
+            return root + value[len(built):]
+        return value
+
+    return move(layout)
+
+
 def build_default_data(root: Optional[str] = None, *, limit: Optional[int] = None, processes: Optional[int] = None,
                        progress: bool = True, rebuild: bool = False, only: Optional[List[str]] = None) -> dict:
     """Build (or finish building) every default set into `root`; returns the layout (see get_default_data).
@@ -267,7 +284,7 @@ def build_default_data(root: Optional[str] = None, *, limit: Optional[int] = Non
                 done = json.load(f)
             complete = all(os.path.isfile(os.path.join(root, n, "sizes.json")) for n in done["layout"]["num_samples"])
             if done.get("identity") == ident and complete:
-                return done["layout"]
+                return _moved(done["layout"], root)
             if done.get("identity") == ident:  # a set was deleted by hand: build what is missing
                 os.remove(build_file)
             else:
