@@ -51,14 +51,14 @@ def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer, head=No
     if getattr(args, "rank", 0) != 0 or not getattr(args, "dive_eval_suite", None):
         return {}
     try:
-        return _evaluate(model, args, epoch, preprocess, tokenizer)
+        return _evaluate(model, args, epoch, preprocess, tokenizer, head)
     except Exception as e:  # check_eval_suite() catches bad suites at start-up; never stop a run over one here
         eval_log.error(f"dive-eval: epoch {epoch} not evaluated, training goes on: {one_line(e)}")
         eval_log.debug("traceback", exc_info=True)
         return {}
 
 
-def _evaluate(model, args, epoch: int, preprocess, tokenizer) -> Dict[str, float]:
+def _evaluate(model, args, epoch: int, preprocess, tokenizer, head=None) -> Dict[str, float]:
     from .report import write_reports
     from .runner import log as eval_log
 
