@@ -164,11 +164,13 @@ class TrainingStep:
     def _parameters(self):
         """The model's parameters and the loss's own (a classification head), each once, for gradient clipping."""
         params = {id(p): p for p in self.model.parameters()}
-        params.update((id(p), p) for p in self.loss.parameters() if id(p) not in params)
+        if self.loss is not None:
+            params.update((id(p), p) for p in self.loss.parameters() if id(p) not in params)
         return list(params.values())
 
     def optimizer_step(self, optimizer, scaler):
-        args, params = self.args, self._parameters()
+        args = self.args
+        params = self._parameters() if args.grad_clip_norm is not None else None
         if scaler is not None:
             if args.horovod:
                 optimizer.synchronize()
