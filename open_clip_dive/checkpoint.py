@@ -6,26 +6,72 @@ the loss state (the EMA vector m), the step within the epoch for a mid-epoch (pr
 the reference stream's position and the RNG states.
 """
 
+import errno
 import glob
 import logging
 import os
 import random
 import re
+import shutil
 import zipfile
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .errors import DiveRunError
+
 PARTIAL_SUFFIX = ".partial"
+FULL_DISK_BYTES = 1 << 20  # free space below this after a failed write: the disk was full
 _NAME = re.compile(r"epoch_(\d+)(?:_step_(\d+))?\.pt$")
 
 
 def atomic_save(obj, path: str, save=torch.save):
-    """Write to `<path>.partial` then rename: a kill mid-write never leaves a truncated `*.pt`."""
+    """Write to `<path>.partial` then rename: a kill mid-write never leaves a truncated `*.pt`. A failed write
+    (a full disk) removes its partial file, keeps the previous `path`, and raises DiveRunError saying why."""
     tmp = f"{path}{PARTIAL_SUFFIX}"
-    save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        save(obj, tmp)
+        os.replace(tmp, path)
+    except Exception as e:
+        full = _disk_full(e, tmp)  # measured before the partial file frees its space
+        _remove(tmp)
+        directory = os.path.dirname(os.path.abspath(path))
+        if full:
+            raise DiveRunError(f"no space left on {directory}: could not write {path} (the previous checkpoint, "
+                               "if any, is kept); free space or point --logs elsewhere, then --resume latest") from None
+        raise DiveRunError(f"could not write {path}: {_one_line(e)} (the previous checkpoint, if any, is kept)") from None
+
+
+def _disk_full(error: Exception, path: str) -> bool:
+    """torch's zip writer reports ENOSPC as "[enforce fail at inline_container.cc] ... unexpected pos"."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
+def _one_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else repr(error)
+
+
+def _remove(path: str):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def remove_partials(directory: str) -> list:
+    """Delete the `*.partial` files a killed or failed write left behind (they may hold the disk full)."""
+    removed = glob.glob(os.path.join(glob.escape(directory), "**", f"*{PARTIAL_SUFFIX}"), recursive=True)
+    for path in removed:
+        _remove(path)
+        logging.info(f"Removed {path}, left by an interrupted checkpoint write")
+    return removed
 
 
 def is_complete(path: str) -> bool:

@@ -16,6 +16,8 @@ from open_clip_train.distributed import is_master
 from open_clip_train.precision import get_autocast
 from open_clip_train.train import AverageMeter, backward, unwrap_model
 
+from .finite import check_losses
+
 try:
     import wandb
 except ImportError:
@@ -29,7 +31,8 @@ class Preempted(Exception):
     """Raised after a preemption checkpoint is written; main() exits with EXIT_PREEMPTED."""
 
     def __init__(self, path):
-        super().__init__(f"preempted: checkpoint written to {path}")
+        super().__init__(f"preempted: checkpoint written to {path}" if path else
+                         "preempted: no checkpoint written (--logs none)")
         self.path = path
 
 
@@ -203,6 +206,8 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
         data_time_m.update(time.time() - end)
 
         losses, logit_scale = step_fn(micro_batches, optimizer, scaler)
+        check_losses(losses, epoch, step, args)
+        run.steps_done = i_accum + 1
         run.record_keys(micro_batches)
         micro_batches = []
 

@@ -1,0 +1,116 @@
+"""SIGTERM to the whole process group (what SLURM sends on preemption, at the time limit and on `scancel`):
+the DataLoader workers must not die of it, so the main process finishes its step, checkpoints and exits 75,
+and `--resume latest` ends with the weights of a run that was never interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers import TINY_MODEL, subprocess_env, write_shards
+from open_clip_dive.signals import WorkerSignals, preempt_signals, protect_workers
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def dive_argv(tiny_data, shards, logs, name, *extra):
+    return [sys.executable, "-m", "open_clip_dive.main", "--dive-model-config", tiny_data["config"],
+            "--model", TINY_MODEL, "--train-data", shards, "--classnames", tiny_data["classnames"],
+            "--batch-size", "4", "--epochs", "2", "--device", "cpu", "--precision", "fp32", "--workers", "1",
+            "--lr", "1e-3", "--warmup", "2", "--logs", str(logs), "--name", name, "--report-to", "none",
+            "--log-every-n-steps", "1", "--seed", "0", "--loss", "dive", "--dive-ref-data", tiny_data["ref"],
+            "--dive-ref-batch-size", "4", "--dive-avl-weight", "10", "--dive-pvl-weight", "10", *extra]
+
+
+def kill_group_when(argv, log, marker, signum=signal.SIGTERM, timeout=300):
+    """Start `argv` in its own session, send `signum` to its whole process group once `marker` is logged."""
+    proc = subprocess.Popen(argv, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline, sent = time.time() + timeout, False
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and marker in log.read_text():
+            os.killpg(proc.pid, signum)
+            sent = True
+            break
+        time.sleep(0.02)
+    code = proc.wait(timeout=timeout)
+    return code, proc.stderr.read(), sent
+
+
+def test_sigterm_to_the_group_with_workers_checkpoints_and_resumes_exactly(tiny_data, tmp_path):
+    shards = write_shards(str(tmp_path / "id"), "id", 2, 24, num_classes=4, seed=5)
+    env = subprocess_env()
+    full = subprocess.run(dive_argv(tiny_data, shards, tmp_path, "full"), env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    code, err, sent = kill_group_when(dive_argv(tiny_data, shards, tmp_path, "cut"), tmp_path / "cut" / "out.log",
+                                      "Train Epoch: 1 [ 8/")  # two steps into the second epoch
+    assert sent and code == 75, err[-3000:]
+    assert "is killed by signal" not in err
+    saved = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").glob("*.pt"))
+    mid = [n for n in saved if "_step_" in n]
+    assert len(mid) == 1 and mid[0].startswith("epoch_1_step_"), saved
+
+    resumed = subprocess.run(dive_argv(tiny_data, shards, tmp_path, "cut", "--resume", "latest"), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "full" / "checkpoints" / "epoch_2.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoints" / "epoch_2.pt", weights_only=True)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert torch.equal(a["dive"]["ema"], b["dive"]["ema"])
+
+
+def test_sigterm_to_the_group_with_open_clips_own_loader(tiny_data, tmp_path):
+    """open_clip builds the loader of its own dataset types (here synthetic); its workers are protected too."""
+    argv = [sys.executable, "-m", "open_clip_dive.main", "--dive-model-config", tiny_data["config"],
+            "--model", TINY_MODEL, "--dataset-type", "synthetic", "--train-num-samples", "64", "--loss", "clip",
+            "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--precision", "fp32", "--workers", "2",
+            "--logs", str(tmp_path), "--name", "syn", "--report-to", "none", "--log-every-n-steps", "1"]
+    code, err, sent = kill_group_when(argv, tmp_path / "syn" / "out.log", "Train Epoch: 0 [ 8/")
+    assert sent and code == 75, err[-3000:]
+    assert list((tmp_path / "syn" / "checkpoints").glob("epoch_0_step_*.pt"))
+
+
+def _iterate_then_signal(loader):
+    """In a child process: start the loader's worker, SIGTERM the worker from outside, read on."""
+    it = iter(loader)
+    first = next(it)
+    worker = it._workers[0].pid
+    sender = subprocess.Popen([sys.executable, "-c", f"import os, signal; os.kill({worker}, signal.SIGTERM)"])
+    sender.wait()
+    time.sleep(0.5)
+    rest = list(it)
+    return [int(first)] + [int(x) for x in rest]
+
+
+def test_a_protected_worker_ignores_an_outside_sigterm_and_still_shuts_down():
+    loader = torch.utils.data.DataLoader(list(range(8)), batch_size=None, num_workers=1)
+    protect_workers(loader, preempt_signals("USR1,TERM"))
+    assert isinstance(loader.worker_init_fn, WorkerSignals)
+    assert _iterate_then_signal(loader) == list(range(8))  # the worker survived and finished the pass
+    # the main process's own shutdown (a SIGTERM from the parent) still ends a protected worker
+    it = iter(loader)
+    next(it)
+    worker = it._workers[0]
+    worker.terminate()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+
+
+def test_an_unprotected_worker_dies_of_it():
+    """The bug the plugin fixes: torch's worker handler dies of a SIGTERM that is not the main process's."""
+    loader = torch.utils.data.DataLoader(list(range(8)), batch_size=None, num_workers=1)
+    with pytest.raises(RuntimeError, match="killed by signal"):
+        _iterate_then_signal(loader)
+
+
+@pytest.mark.parametrize("spec, message", [("KILL", "SIGKILL cannot be caught"), ("STOP", "SIGSTOP cannot be caught"),
+                                           ("TERM,FOO", "unknown signal 'FOO'")])
+def test_uncatchable_or_unknown_preempt_signals_are_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        preempt_signals(spec)
