@@ -28,7 +28,8 @@ def argv(tiny_data, logs, name, *extra, epochs=2):
 
 
 def last_line(text):
-    lines = [line for line in text.splitlines() if line.strip()]
+    """The plugin's last line (torch may log its own exit statistics after it)."""
+    lines = [line for line in text.splitlines() if line.startswith("open_clip_dive: ")]
     return lines[-1] if lines else ""
 
 
