@@ -66,7 +66,7 @@ def _indexed(data: dict, path: str, flag: str) -> list:
         raise DiveUsageError(f"{flag}: '{path}' must be a JSON list, or a dict keyed by class index") from None
     missing = sorted(set(range(len(data))) - set(indices))
     if len(indices) != len(data) or missing:
-        hint = f"index {missing[0]} is missing" if missing else "an index appears twice"
+        hint = "an index appears twice" if len(indices) != len(data) else f"index {missing[0]} is missing"
         raise DiveUsageError(f"{flag}: the keys of '{path}' must be the class indices 0..{len(data) - 1}, but {hint} "
                              "(labels index the names directly, so a gap would prompt a class with another's name)")
     return [indices[i] for i in range(len(data))]
