@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import tempfile
 
 from .errors import DiveUsageError
 from .losses import loss_uses_reference
@@ -150,19 +151,27 @@ def check_resume_matches(checkpoint, shapes: dict, path: str):
                              f"check --model and the checkpoint")
 
 
-def check_logs(args):
-    """open_clip makes --logs/<name> with os.makedirs: a traceback under a file or on a read-only mount."""
-    logs = args.logs
-    if not logs or logs.lower() == "none" or "://" in logs:
-        return
-    existing = os.path.abspath(logs)
+def check_writable_dir(path: str, flag: str):
+    """A directory that os.makedirs can make and files can be written to (else a traceback, maybe hours later):
+    not under a file, not on a read-only mount."""
+    existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise DiveUsageError(f"--logs: '{existing}' is a file, so '{logs}' cannot be made; give a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DiveUsageError(f"--logs: cannot write under '{existing}' (read-only or no permission); give a "
-                             "writable directory")
+        made = "" if existing == os.path.abspath(path) else f", so '{path}' cannot be made"
+        raise DiveUsageError(f"{flag}: '{existing}' is a file{made}; give a directory")
+    try:  # made now (as it would be later anyway), and a file written to it: the only test a mount cannot fool
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        raise DiveUsageError(f"{flag}: cannot write to '{path}' ({e.strerror or e}); give a writable "
+                             "directory") from None
+
+
+def check_logs(args):
+    logs = args.logs
+    if logs and logs.lower() != "none" and "://" not in logs:
+        check_writable_dir(logs, "--logs")
 
 
 def check_args(args):

@@ -208,3 +208,45 @@ def test_resume_latest_falls_back_from_a_truncated_epoch_latest(tiny_data, tmp_p
     log = (tmp_path / "latest" / "out.log").read_text()
     assert f"resuming from {checkpoints / 'epoch_1.pt'} instead" in log
     assert (checkpoints / "epoch_2.pt").exists()
+
+
+# --- the evaluator and the shard writer: one line, exit 2, before any work -------------------------------------
+def _npz(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "a.npz"
+    np.savez(path, images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.arange(4))
+    return str(path)
+
+
+MAKE_SHARDS_CASES = {
+    "output is a file": (lambda t: ["arrays", _npz(t), "--output", _text(t, "afile", "x")],
+                         "make_shards: error: --output: '{t}/afile' is a file; give a directory"),
+    "output under a file": (lambda t: ["arrays", _npz(t), "--output", os.path.join(_text(t, "afile", "x"), "sub")],
+                            "make_shards: error: --output: '{t}/afile' is a file, so '{t}/afile/sub' cannot be made"),
+    "output cannot be made": (lambda t: ["arrays", _npz(t), "--output", "/proc/no/such"],
+                              "make_shards: error: --output: cannot write to '/proc/no/such'"),
+    "arrays not an npz": (lambda t: ["arrays", _text(t, "notes.npz", "hello"), "--output", str(t / "out")],
+                          "make_shards: error: {t}/notes.npz is not a NumPy .npz archive; write one with numpy.savez"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MAKE_SHARDS_CASES))
+def test_make_shards_bad_paths(tmp_path, capsys, case):
+    from open_clip_dive.tools.make_shards import main as make_shards
+
+    make, message = MAKE_SHARDS_CASES[case]
+    code = make_shards(make(tmp_path) + ["--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err and err[-1].startswith(message.format(t=tmp_path)), err
+
+
+def test_evaluate_refuses_an_unwritable_output_dir_before_evaluating(tiny_data, tmp_path, capsys):
+    from open_clip_dive.evaluate.cli import main as evaluate
+
+    code = evaluate(["--model", TINY_MODEL, "--model-config", tiny_data["config"], "--workers", "0", "--no-progress",
+                     "--dataset", f"id:x={os.path.dirname(tiny_data['id'])}", "--output-dir",
+                     os.path.join(_text(tmp_path, "afile", "x"), "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == (f"error: --output-dir: '{tmp_path}/afile' is a file, so '{tmp_path}/afile/out' "
+                                     "cannot be made; give a directory"), err
