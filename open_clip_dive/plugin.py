@@ -54,6 +54,8 @@ class Run:
         self._preempt = False
         self._old_handlers = {}
         self._rng_states = []
+        self._epoch_rng = None  # the RNG state when this epoch's ID loader iterator was made (it draws its shuffle)
+        self._epoch_rng_states = []
         self.steps_done = self._epoch_start = 0  # optimizer steps of the current epoch (at its start)
 
     # --- preemption -------------------------------------------------------------------------------
@@ -120,6 +122,9 @@ class Run:
     # --- state in checkpoints ---------------------------------------------------------------------
     def state(self, step_in_epoch: int = 0) -> dict:
         state = {"step_in_epoch": step_in_epoch, "rng": self._rng_states}
+        if step_in_epoch:  # a loader that shuffles with the global RNG (open_clip's csv) redraws the same order
+            state["rng_epoch_start"] = self._epoch_rng_states
+            state["steps_of"] = step_shape(self.args)
         if self.loss is not None:
             loss_state = self.loss.state_dict()
             state["loss_state"] = loss_state
@@ -136,14 +141,20 @@ class Run:
         skip = 0
         if resume is not None:
             skip = int(resume.get("step_in_epoch", 0))
+            if skip:
+                check_step_shape(resume.get("steps_of"), self.args)
             rng = resume.get("rng") or []
             if len(rng) == self.args.world_size:  # one state per rank
                 self._rng = rng[self.args.rank]
             position = resume.get("reference_stream")
             if self.reference_stream is not None and position is not None:
                 self.reference_stream.resume(position)
+            epoch_rng = resume.get("rng_epoch_start") or []
+            if skip and len(epoch_rng) == self.args.world_size:  # after the reference loader drew from it
+                ckpt.set_rng_state(epoch_rng[self.args.rank])
         if skip == 0:
             self.restore_rng()
+        self._epoch_rng = ckpt.rng_state()
         self.steps_done = self._epoch_start = skip
         return skip
 
@@ -170,8 +181,10 @@ class Run:
     def gather_rng(self):
         """Every rank's RNG state, for the next checkpoint (a collective: all ranks call it)."""
         a = self.args
-        state = ckpt.rng_state()
-        self._rng_states = all_gather_object(a, state) if a.world_size > 1 else [state]
+        state = (ckpt.rng_state(), self._epoch_rng)
+        states = all_gather_object(a, state) if a.world_size > 1 else [state]
+        self._rng_states = [now for now, _ in states]
+        self._epoch_rng_states = [start for _, start in states]
 
     def end_epoch(self, model, epoch):
         a = self.args
@@ -201,6 +214,21 @@ class Run:
             for batch, ref in micro_batches:
                 f.writelines(f"id {k}\n" for k in batch.get("key", ()))
                 f.writelines(f"ref {k}\n" for k in (ref or {}).get("key", ()))
+
+
+def step_shape(args) -> dict:
+    """What a step of a mid-epoch checkpoint means: its step count skips that many steps of this shape."""
+    return {"batch_size": args.batch_size, "accum_freq": args.accum_freq, "world_size": args.world_size}
+
+
+def check_step_shape(saved, args):
+    now = step_shape(args)
+    if saved is None or saved == now:
+        return
+    names = {"batch_size": "--batch-size", "accum_freq": "--accum-freq", "world_size": "ranks"}
+    diff = ", ".join(f"{names[k]} {saved.get(k)} (now {now[k]})" for k in now if saved.get(k) != now[k])
+    raise DiveUsageError(f"--resume: the mid-epoch checkpoint counts steps of {diff}; resume with the same values, "
+                         "or from an epoch_N.pt checkpoint (otherwise the rest of the epoch would be skipped)")
 
 
 _run = None  # the Run of the main() call in progress
