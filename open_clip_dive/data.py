@@ -131,6 +131,14 @@ def sample_id(sample) -> str:
     return f"{os.path.basename(sample.get('__url__', ''))}/{sample['__key__']}"
 
 
+def seeded_call(fn, value, seed: int):
+    """fn(value) with torch's CPU RNG seeded by `seed`, the global state left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only: torch.manual_seed would also queue CUDA seeds, ~100x slower per sample
+        torch.default_generator.manual_seed(seed)
+        return fn(value)
+
+
 class ToTrainingSample:
     """A training sample dict from a raw one: decode the image, make the text, tokenize (+ cached embeddings).
 
@@ -145,10 +153,7 @@ class ToTrainingSample:
     def _augment(self, image, sample):
         if self.seed is None:
             return self.preprocess(image)
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed would also queue CUDA seeds, ~100x slower per sample
-            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch.get_value(), sample))
-            return self.preprocess(image)
+        return seeded_call(self.preprocess, image, sample_seed(self.seed, self.epoch.get_value(), sample))
 
     def __call__(self, sample):
         text = self.make_text(sample)  # label errors raise here, before decoding
@@ -341,6 +346,46 @@ def reference_stream(args, preprocess, tokenizer, id_batches_per_epoch: int, epo
                       args.seed + 1, args.world_size, args.dive_ref_upsampling_factors, "--dive-ref-data",
                       "--dive-ref-batch-size" if args.dive_ref_batch_size else "--batch-size")
     return build_stream(spec, caption_text, preprocess, tokenizer, SharedEpoch(epoch=epoch), embeddings)
+
+
+class SeededMapDict:
+    """open_clip's `wds.map_dict(image=preprocess, text=tokenize)` with the image augmentation seeded per
+    (seed, epoch, sample), as the plugin's own streams do: persistent loader workers otherwise carry their RNG
+    from epoch to epoch, which a resumed run cannot restore."""
+
+    def __init__(self, fns: dict, seed: int, epoch: SharedEpoch):
+        self.fns, self.seed, self.epoch = fns, seed, epoch
+
+    def __call__(self, src):
+        for sample in src:
+            sample = dict(sample)
+            for key, fn in self.fns.items():
+                if key == "image":
+                    sample[key] = seeded_call(fn, sample[key], sample_seed(self.seed, self.epoch.get_value(), sample))
+                else:
+                    sample[key] = fn(sample[key])
+            yield sample
+
+
+def make_repeatable(loader, seed: int, shared_epoch: SharedEpoch) -> int:
+    """Make open_clip's own WebDataset train pipeline repeatable: its `wds.shuffle` stage draws from an RNG seeded
+    by pid and time (two runs differ; a resume continues with other samples), its augmentation from the loader
+    workers' RNG; swap in SeededSampleShuffle (same buffer sizes) and SeededMapDict. Returns the stages swapped."""
+    swapped = 0
+    for torch_loader in getattr(loader, "pipeline", [loader]):
+        pipeline = getattr(getattr(torch_loader, "dataset", None), "pipeline", None)
+        for j, stage in enumerate(pipeline or []):
+            f = getattr(stage, "f", None)
+            if f is wds.filters._shuffle:
+                args = dict(zip(("bufsize", "initial"), stage.args), **stage.kw)  # wds.shuffle's defaults below
+                pipeline[j] = SeededSampleShuffle(args.get("bufsize", 1000), args.get("initial", 100), seed,
+                                                  shared_epoch)
+            elif f is wds.filters._map_dict and "image" in stage.kw and not stage.args:
+                pipeline[j] = SeededMapDict({k: v for k, v in stage.kw.items() if k != "handler"}, seed, shared_epoch)
+            else:
+                continue
+            swapped += 1
+    return swapped
 
 
 class RestartingIterator:

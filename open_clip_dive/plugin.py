@@ -20,7 +20,7 @@ from open_clip_train.distributed import all_gather_object
 
 from . import checkpoint as ckpt
 from .checks import check_resume_matches
-from .data import RestartingIterator, id_stream, reference_stream
+from .data import RestartingIterator, id_stream, make_repeatable, reference_stream
 from .distributed import any_rank, barrier
 from .errors import DiveRunError, DiveUsageError
 from .finite import check_weights
@@ -321,6 +321,8 @@ def get_data(args, preprocess_fns, epoch=0, tokenizer=None):
         data["train"] = id_stream(args, preprocess_fns[0], tokenizer, epoch)
     else:
         data = UPSTREAM["get_data"](args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+        if run.loss is not None and "train" in data and data["train"].shared_epoch is not None:
+            make_repeatable(data["train"].dataloader, args.seed, data["train"].shared_epoch)  # exact resumes
     if run.loss is not None and needs_reference(run.loss) and "train" in data:
         cached = args.dive_ref_cache and needs_frozen(run.loss)
         augment = args.dive_ref_augment and not cached
