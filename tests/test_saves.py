@@ -122,3 +122,22 @@ def test_diverging_loss_stops_naming_step_and_term_and_keeps_the_good_checkpoint
     assert "(rank 0: contrastive_loss = nan" in line and "the last checkpoint is kept" in line
     assert good.read_bytes() == before
     assert sorted(p.name for p in good.parent.iterdir()) == ["epoch_1.pt"]
+
+
+def test_logs_on_a_read_only_mount_is_refused_before_anything_is_built(tiny_data, tmp_path):
+    where = tmp_path / "ro"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        done = subprocess.run(argv(tiny_data, where / "logs", "ro", epochs=1), env=subprocess_env(),
+                              capture_output=True, text=True)
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert last_line(done.stderr) == (f"open_clip_dive: error: --logs: cannot write to '{where / 'logs'}' (Read-only "
+                                      "file system); give a writable directory")
+    assert "Traceback" not in done.stderr

@@ -206,3 +206,16 @@ def test_caption_webdataset_without_classnames_resumes_mid_epoch_exactly(tiny_da
     b = torch.load(tmp_path / "cut" / "checkpoints" / "epoch_2.pt", weights_only=True)
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
+
+
+def test_logs_none_preemption_says_no_checkpoint_was_written(tiny_data, tmp_path):
+    """With --logs none nothing is saved: the exit line used to name a checkpoint path that was never written."""
+    argv = dive_argv(tiny_data, tiny_data["id"], tmp_path, "nologs", "--workers", "0", "--logs", "none")
+    proc = subprocess.Popen(argv, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGUSR1)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, out[-3000:]
+    assert "preempted: no checkpoint written (--logs none)" in out
+    assert "checkpoint written to" not in out and not list(tmp_path.rglob("*.pt"))
