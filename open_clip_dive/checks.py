@@ -1,6 +1,7 @@
 """Checks of the plugin's inputs that params.validate runs before anything is built (one line, exit 2 each):
 numbers that must be finite or in range, upsampling factors, shard patterns that would make a data loop that
-never ends."""
+never ends, the first shards' labels and captions, class-name duplicates (a warning), model-config JSON, the
+--resume file, a writable --logs. `check_resume_matches` runs once the model exists (in plugin.pt_load)."""
 
 import glob
 import json
@@ -9,11 +10,11 @@ import os
 import tempfile
 
 from .errors import DiveUsageError
-from .losses import loss_uses_reference
 from .guards import check_enough_samples, check_shards_are_files, dataset_size
+from .losses import loss_uses_reference
 from .signals import preempt_signals
 
-WEIGHT_FLAGS = ("dive_avl_weight", "dive_pvl_weight", "dive_replay_weight", "dive_ema_momentum")
+FINITE_FLAGS = ("dive_avl_weight", "dive_pvl_weight", "dive_replay_weight", "dive_ema_momentum")
 
 
 def _flag(dest: str) -> str:
@@ -22,7 +23,7 @@ def _flag(dest: str) -> str:
 
 def check_finite(args):
     """nan passes every `< 0` check (and silently drops a term); inf trains a NaN model."""
-    for dest in WEIGHT_FLAGS:
+    for dest in FINITE_FLAGS:
         value = getattr(args, dest, None)
         if value is not None and not math.isfinite(value):
             raise DiveUsageError(f"{_flag(dest)}: must be a finite number, got {value}")

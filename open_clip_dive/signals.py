@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 
+
 def preempt_signals(spec: str) -> list:
     """Signal numbers from --dive-preempt-signals ('USR1,TERM'; 'none' for none); ValueError names a bad one."""
     if spec.strip().lower() == "none":

@@ -49,6 +49,19 @@ def run(tiny_data, tmp_path, capsys, *extra, train_data=None, classnames=None, n
     (["--loss", "dive", "--dive-ref-data", "REF", "--dive-preempt-signals", "TERM,"], "--dive-preempt-signals: unknown signal ''"),
     (["--loss", "dive", "--dive-ref-data", "REF", "--dive-ref-workers", "-1"], "--dive-ref-workers: must be >= 0, got -1"),
     (["--loss", "flyp", "--train-num-samples", "0"], "--train-num-samples: must be >= 1, got 0"),
+    (["--loss", "flyp", "--train-num-samples", "-5"], "--train-num-samples: must be >= 1, got -5"),
+    (["--loss", "dive", "--dive-ref-data", "REF", "--dive-ref-num-samples", "0"], "--dive-ref-num-samples: must be >= 1"),
+    (["--loss", "dive", "--dive-ref-data", "REF", "--dive-ref-batch-size", "-3"], "--dive-ref-batch-size: must be >= 1"),
+    (["--loss", "dive", "--dive-ref-data", "REF", "--dive-ema-momentum", "inf"], "--dive-ema-momentum: must be in [0, 1)"),
+    (["--loss", "replay", "--dive-ref-data", "REF", "--dive-replay-weight", "nan"], "--dive-replay-weight: must be a finite number"),
+    (["--loss", "dive", "--dive-ref-data", "REF", "--dive-preempt-signals", "FOO"], "--dive-preempt-signals: unknown signal 'FOO'"),
+    (["--loss", "dive", "--dive-ref-data", "REF", "--dive-ref-cache", "/nonexistent/cache"],
+     "--dive-ref-cache: '/nonexistent/cache' has no meta.json"),
+    (["--loss", "flyp", "--dive-model-config", "/nonexistent/m.json"], "--dive-model-config: '/nonexistent/m.json' does not exist"),
+    (["--loss", "snd"], "--loss snd trains on reference pairs: give them with --dive-ref-data"),
+    (["--loss", "flyp", "--classnames", "/nonexistent/names.json"], "--classnames: class-name file '/nonexistent/names.json' does not exist"),
+    (["--loss", "dive", "--dive-ref-data", "REF", "--no-dive-ref-resampled", "--dive-ref-batch-size", "33"],
+     "--dive-ref-data: its 32 samples (sizes.json) are fewer than one batch of --dive-ref-batch-size 33"),
 ])
 def test_flag_errors(tiny_data, tmp_path, capsys, extra, message):
     extra = [tiny_data["ref"] if e == "REF" else e for e in extra]
@@ -174,6 +187,8 @@ FILE_CASES = {
                                 "--dive-ref-cache: '{t}/meta.json' is not valid JSON"),
     "logs under a file": (lambda t, d: ["--logs", os.path.join(_text(t, "afile", "x"), "logs")],
                           "--logs: '{t}/afile' is a file, so"),
+    "templates without a placeholder": (lambda t, d: ["--templates", _text(t, "t.txt", "a photo\n")],
+                                        "--templates: '{t}/t.txt': template 'a photo' has no "),
     "empty first shard": (lambda t, d: ["--train-data", _text(t, "empty-0.tar", "")],
                           "shard '{t}/empty-0.tar' is not a readable tar file (file could not be opened successfully"),
 }

@@ -3,7 +3,6 @@ yields none used to spin forever (and two cases flooded the log). Each stops wit
 shard; a stream that only skips stops instead of spinning. Also: upsampling factors (they used to crash)."""
 
 import os
-import shutil
 
 import pytest
 
