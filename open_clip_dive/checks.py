@@ -89,6 +89,26 @@ def check_data(args):
             check_enough_samples(args.dive_ref_data, ref_batch, "--dive-ref-data", batch_flag)
 
 
+def check_shard_splits(args):
+    """Without resampling every rank and loader worker needs its own shards: checked now with the world size
+    open_clip will take from the environment (the streams check again once it is known for sure)."""
+    from open_clip_train.data import expand_urls
+    from open_clip_train.distributed import world_info_from_env
+
+    from .data import StreamSpec, check_shard_split
+
+    world_size = world_info_from_env()[2]
+    if args.classnames is not None and args.train_data:
+        spec = StreamSpec(args.train_data, args.batch_size, args.workers, None, args.dataset_resampled, args.seed,
+                          world_size)
+        check_shard_split(spec, len(expand_urls(args.train_data)[0]))
+    if args.dive_ref_data and args.loss is not None and loss_uses_reference(args.loss):
+        workers = args.workers if args.dive_ref_workers is None else args.dive_ref_workers
+        spec = StreamSpec(args.dive_ref_data, 1, workers, None, args.dive_ref_resampled, args.seed, world_size,
+                          flag="--dive-ref-data")
+        check_shard_split(spec, len(expand_urls(args.dive_ref_data)[0]))
+
+
 def check_preempt_signals(args):
     try:
         preempt_signals(args.dive_preempt_signals)
@@ -184,3 +204,4 @@ def check_args(args):
     check_finite(args)
     check_counts(args)
     check_data(args)
+    check_shard_splits(args)

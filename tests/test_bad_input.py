@@ -265,3 +265,15 @@ def test_evaluate_refuses_an_unwritable_output_dir_before_evaluating(tiny_data, 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == (f"error: --output-dir: '{tmp_path}/afile' is a file, so '{tmp_path}/afile/out' "
                                      "cannot be made; give a directory"), err
+
+
+def test_shards_that_do_not_split_over_the_ranks_are_refused_before_the_model_is_built(tiny_data, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """torchrun's WORLD_SIZE is known at startup; this used to be found after the model and optimizer were built."""
+    shards = write_shards(str(tmp_path / "three"), "t", 3, 8, num_classes=4)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, line = run(tiny_data, tmp_path, capsys, "--loss", "flyp", train_data=shards)
+    assert code == 2
+    assert line == ("open_clip_dive: error: --train-data: 3 shards do not split evenly over 2 ranks; reshard to a "
+                    "multiple of the world size or use resampling (--dataset-resampled)")
+    assert not (tmp_path / "bad").exists()  # before open_clip made the run folder, let alone the model
