@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .errors import DiveRunError
+from .errors import DiveRunError, DiveUsageError
 
 PARTIAL_SUFFIX = ".partial"
 FULL_DISK_BYTES = 1 << 20  # free space below this after a failed write: the disk was full
@@ -103,6 +103,34 @@ def latest_checkpoint(directory: str) -> Optional[str]:
             continue
         found.append((position, path))
     return max(found)[1] if found else None
+
+
+def resumable_path(path: str, latest_name: str) -> str:
+    """--save-most-recent's `latest_name` (epoch_latest.pt), when a kill truncated it: the furthest complete
+    epoch_N[_step_S].pt beside it, as --resume latest finds without --save-most-recent."""
+    if os.path.basename(path) != latest_name or is_complete(path):
+        return path
+    fallback = latest_checkpoint(os.path.dirname(path))
+    if fallback is None:
+        raise DiveUsageError(f"--resume: '{path}' is incomplete (a killed write) and no complete epoch_N.pt is "
+                             "beside it; start the run afresh under another --name")
+    logging.warning(f"{path} is incomplete (a killed write); resuming from {fallback} instead")
+    return fallback
+
+
+def step_shape(args) -> dict:
+    """What a step of a mid-epoch checkpoint means: its step count skips that many steps of this shape."""
+    return {"batch_size": args.batch_size, "accum_freq": args.accum_freq, "world_size": args.world_size}
+
+
+def check_step_shape(saved, args):
+    now = step_shape(args)
+    if saved is None or saved == now:
+        return
+    names = {"batch_size": "--batch-size", "accum_freq": "--accum-freq", "world_size": "ranks"}
+    diff = ", ".join(f"{names[k]} {saved.get(k)} (now {now[k]})" for k in now if saved.get(k) != now[k])
+    raise DiveUsageError(f"--resume: the mid-epoch checkpoint counts steps of {diff}; resume with the same values, "
+                         "or from an epoch_N.pt checkpoint (otherwise the rest of the epoch would be skipped)")
 
 
 def rng_state() -> dict:

@@ -124,7 +124,7 @@ class Run:
         state = {"step_in_epoch": step_in_epoch, "rng": self._rng_states}
         if step_in_epoch:  # a loader that shuffles with the global RNG (open_clip's csv) redraws the same order
             state["rng_epoch_start"] = self._epoch_rng_states
-            state["steps_of"] = step_shape(self.args)
+            state["steps_of"] = ckpt.step_shape(self.args)
         if self.loss is not None:
             loss_state = self.loss.state_dict()
             state["loss_state"] = loss_state
@@ -142,7 +142,7 @@ class Run:
         if resume is not None:
             skip = int(resume.get("step_in_epoch", 0))
             if skip:
-                check_step_shape(resume.get("steps_of"), self.args)
+                ckpt.check_step_shape(resume.get("steps_of"), self.args)
             rng = resume.get("rng") or []
             if len(rng) == self.args.world_size:  # one state per rank
                 self._rng = rng[self.args.rank]
@@ -214,21 +214,6 @@ class Run:
             for batch, ref in micro_batches:
                 f.writelines(f"id {k}\n" for k in batch.get("key", ()))
                 f.writelines(f"ref {k}\n" for k in (ref or {}).get("key", ()))
-
-
-def step_shape(args) -> dict:
-    """What a step of a mid-epoch checkpoint means: its step count skips that many steps of this shape."""
-    return {"batch_size": args.batch_size, "accum_freq": args.accum_freq, "world_size": args.world_size}
-
-
-def check_step_shape(saved, args):
-    now = step_shape(args)
-    if saved is None or saved == now:
-        return
-    names = {"batch_size": "--batch-size", "accum_freq": "--accum-freq", "world_size": "ranks"}
-    diff = ", ".join(f"{names[k]} {saved.get(k)} (now {now[k]})" for k in now if saved.get(k) != now[k])
-    raise DiveUsageError(f"--resume: the mid-epoch checkpoint counts steps of {diff}; resume with the same values, "
-                         "or from an epoch_N.pt checkpoint (otherwise the rest of the epoch would be skipped)")
 
 
 _run = None  # the Run of the main() call in progress
@@ -365,27 +350,15 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
 
 def pt_load(file_path, map_location=None):
     run = _run
-    if run is not None and run.active and isinstance(file_path, str) and "://" not in file_path:
-        file_path = resumable_path(file_path)
+    resuming = run is not None and run.active and file_path == run.args.resume
+    if resuming and isinstance(file_path, str) and "://" not in file_path:
+        file_path = run.args.resume = ckpt.resumable_path(file_path, oc_main.LATEST_CHECKPOINT_NAME)
     checkpoint = UPSTREAM["pt_load"](file_path, map_location=map_location)
-    if run is not None and run.active and run.model_shapes and file_path == run.args.resume:
+    if resuming and run.model_shapes:
         check_resume_matches(checkpoint, run.model_shapes, file_path)
     if run is not None and isinstance(checkpoint, dict) and "dive" in checkpoint:
         run.resume = checkpoint["dive"]
     return checkpoint
-
-
-def resumable_path(path: str) -> str:
-    """--save-most-recent's epoch_latest.pt, when a kill truncated it: the furthest complete epoch_N[_step_S].pt."""
-    if os.path.basename(path) != oc_main.LATEST_CHECKPOINT_NAME or ckpt.is_complete(path):
-        return path
-    fallback = ckpt.latest_checkpoint(os.path.dirname(path))
-    if fallback is None:
-        raise DiveUsageError(f"--resume: '{path}' is incomplete (a killed write) and no complete epoch_N.pt is "
-                             "beside it; start the run afresh under another --name")
-    logging.warning(f"{path} is incomplete (a killed write); resuming from {fallback} instead")
-    _run.args.resume = fallback
-    return fallback
 
 
 def get_latest_checkpoint(path: str, remote: bool):
