@@ -11,7 +11,6 @@ seeded shard shuffle, no-throw tar reading); what differs from open_clip's train
 """
 
 import io
-import logging
 import math
 import os
 import random
@@ -25,21 +24,12 @@ from open_clip_train.data import (DataInfo, ResampledShards2, SharedEpoch, detsh
                                   get_dataset_size, tarfile_to_samples_nothrow)
 
 from .errors import DiveUsageError
+from .guards import PassGuard, SkipGuard
 from .prompts import load_classnames, load_templates, stable_hash, template_index
 
 IMAGE_KEYS = ("jpg", "png", "jpeg", "webp")
 SHARD_SHUFFLE = (2000, 500)  # open_clip's shard shuffle buffer (size, initial)
 SAMPLE_SHUFFLE = (5000, 1000)  # open_clip's sample shuffle buffer (size, initial)
-
-_skipped = {"count": 0}
-
-
-def skip_and_count(exn):
-    """webdataset handler: skip a sample that cannot be read or decoded, and say how many so far."""
-    _skipped["count"] += 1
-    logging.warning(f"Skipping a corrupt sample ({exn!r}); {_skipped['count']} skipped so far in this process.")
-    return True
-
 
 def has_image(sample) -> bool:
     return any(k in sample for k in IMAGE_KEYS)
@@ -146,6 +136,14 @@ def sample_id(sample) -> str:
     return f"{os.path.basename(sample.get('__url__', ''))}/{sample['__key__']}"
 
 
+def seeded_call(fn, value, seed: int):
+    """fn(value) with torch's CPU RNG seeded by `seed`, the global state left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        # the CPU generator only: torch.manual_seed would also queue CUDA seeds, ~100x slower per sample
+        torch.default_generator.manual_seed(seed)
+        return fn(value)
+
+
 class ToTrainingSample:
     """A training sample dict from a raw one: decode the image, make the text, tokenize (+ cached embeddings).
 
@@ -160,10 +158,7 @@ class ToTrainingSample:
     def _augment(self, image, sample):
         if self.seed is None:
             return self.preprocess(image)
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed would also queue CUDA seeds, ~100x slower per sample
-            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch.get_value(), sample))
-            return self.preprocess(image)
+        return seeded_call(self.preprocess, image, sample_seed(self.seed, self.epoch.get_value(), sample))
 
     def __call__(self, sample):
         text = self.make_text(sample)  # label errors raise here, before decoding
@@ -192,19 +187,20 @@ def _decode_image(sample):
     raise ValueError(f"sample '{sample.get('__key__')}' has no image")
 
 
-def _safe_map(fn, handler):
-    """Map that hands decode errors to `handler` but lets the user's data errors stop the run."""
+def _safe_map(fn, skips: SkipGuard):
+    """Map that hands decode errors to `skips` (naming shard and key) but lets the user's data errors stop the run."""
 
     def stage(src):
         for sample in src:
             try:
-                yield fn(sample)
+                out = fn(sample)
             except DiveUsageError:
                 raise
             except Exception as exn:  # corrupt image bytes and the like
-                if handler(exn):
-                    continue
-                raise
+                skips(exn, f"'{sample.get('__key__', '?')}' of shard '{sample.get('__url__', '?')}'")
+                continue
+            skips.ok()
+            yield out
 
     return stage
 
@@ -218,8 +214,9 @@ class StreamSpec:
     resampled: bool
     seed: int
     world_size: int
-    upsampling_factors: Optional[list] = None
+    upsampling_factors: Optional[str] = None  # '1::2', as open_clip's expand_urls reads it
     flag: str = "--train-data"
+    batch_flag: str = "--batch-size"
 
 
 def check_shard_split(spec: StreamSpec, num_shards: int):
@@ -253,12 +250,13 @@ def build_stream(spec: StreamSpec, make_text, preprocess, tokenizer, shared_epoc
         stages = [wds.SimpleShardList(urls),
                   detshuffle2(bufsize=SHARD_SHUFFLE[0], initial=SHARD_SHUFFLE[1], seed=spec.seed, epoch=shared_epoch),
                   wds.split_by_node, wds.split_by_worker]
+    skips = SkipGuard(spec.flag)
     stages += [
-        lambda src: tarfile_to_samples_nothrow(src, handler=skip_and_count),
+        lambda src: tarfile_to_samples_nothrow(src, handler=skips),
         SeededSampleShuffle(SAMPLE_SHUFFLE[0], SAMPLE_SHUFFLE[1], spec.seed, shared_epoch),
         wds.select(has_image),
-        _safe_map(ToTrainingSample(make_text, preprocess, tokenizer, embeddings, spec.seed, shared_epoch),
-                  skip_and_count),
+        _safe_map(ToTrainingSample(make_text, preprocess, tokenizer, embeddings, spec.seed, shared_epoch), skips),
+        PassGuard(spec.flag, spec.batch_flag, spec.batch_size),  # with_epoch would repeat an empty pass forever
         wds.batched(spec.batch_size, collation_fn=collate, partial=False),
     ]
     dataset = wds.DataPipeline(*stages)
@@ -296,7 +294,9 @@ def scan_first_shard(shards: str, limit: int = 100000) -> Optional[list]:
                 suffix = suffix.lower()
                 current[suffix] = tar.extractfile(member).read() if suffix == "cls" else b""
     except tarfile.TarError as e:
-        raise DiveUsageError(f"shard '{path}' is not a readable tar file ({e})") from None
+        lines = [line.strip(" -") for line in str(e).splitlines() if line.strip()]
+        reason = " ".join(lines[:1] + ["; ".join(lines[1:])]).strip()  # tarfile lists each method on a line
+        raise DiveUsageError(f"shard '{path}' is not a readable tar file ({reason})") from None
     return samples
 
 
@@ -322,12 +322,21 @@ def check_class_shard(shards: str, classnames_spec: str):
                                  f"--classnames {classnames_spec}")
 
 
+def check_reference_shard(shards: str):
+    """The first sample of the first reference shard is an image-caption pair."""
+    for sample in (scan_first_shard(shards, limit=16) or [])[:1]:
+        if "txt" not in sample or not has_image(sample):
+            found = ", ".join(k for k in sample if not k.startswith("__"))
+            raise DiveUsageError(f"--dive-ref-data: sample '{sample['__key__']}' of '{sample['__url__']}' needs an "
+                                 f"image and a 'txt' caption (found: {found})")
+
+
 def id_stream(args, preprocess, tokenizer, epoch: int) -> DataInfo:
-    """Class-labelled ID shards (`cls`) with prompts from --classnames and --templates."""
-    check_class_shard(args.train_data, args.classnames)
+    """Class-labelled ID shards (`cls`) with prompts from --classnames and --templates (the first shard is checked
+    by params.validate: check_class_shard)."""
     spec = StreamSpec(args.train_data, args.batch_size, args.workers, args.train_num_samples,
                       args.dataset_resampled, args.seed, args.world_size,
-                      _factors(args.train_data_upsampling_factors), "--train-data")
+                      args.train_data_upsampling_factors, "--train-data")
     shared_epoch = SharedEpoch(epoch=epoch)  # the template draw follows the stream's epoch
     prompt = ClassPrompt(args.classnames, args.templates, args.seed, shared_epoch)
     return build_stream(spec, prompt, preprocess, tokenizer, shared_epoch)
@@ -339,21 +348,51 @@ def reference_stream(args, preprocess, tokenizer, id_batches_per_epoch: int, epo
     With `embeddings` (a ReferenceCache) each sample also carries the frozen model's embeddings."""
     batch_size = args.dive_ref_batch_size or args.batch_size
     num_samples = args.dive_ref_num_samples or id_batches_per_epoch * batch_size * args.world_size
-    for sample in (scan_first_shard(args.dive_ref_data, limit=16) or [])[:1]:
-        if "txt" not in sample or not has_image(sample):
-            found = ", ".join(k for k in sample if not k.startswith("__"))
-            raise DiveUsageError(f"--dive-ref-data: sample '{sample['__key__']}' of '{sample['__url__']}' needs an "
-                                 f"image and a 'txt' caption (found: {found})")
     workers = args.workers if args.dive_ref_workers is None else args.dive_ref_workers
     spec = StreamSpec(args.dive_ref_data, batch_size, workers, num_samples, args.dive_ref_resampled,
-                      args.seed + 1, args.world_size, _factors(args.dive_ref_upsampling_factors), "--dive-ref-data")
+                      args.seed + 1, args.world_size, args.dive_ref_upsampling_factors, "--dive-ref-data",
+                      "--dive-ref-batch-size" if args.dive_ref_batch_size else "--batch-size")
     return build_stream(spec, caption_text, preprocess, tokenizer, SharedEpoch(epoch=epoch), embeddings)
 
 
-def _factors(spec):
-    if spec is None:
-        return None
-    return [float(x) for x in spec.split("::")]
+class SeededMapDict:
+    """open_clip's `wds.map_dict(image=preprocess, text=tokenize)` with the image augmentation seeded per
+    (seed, epoch, sample), as the plugin's own streams do: persistent loader workers otherwise carry their RNG
+    from epoch to epoch, which a resumed run cannot restore."""
+
+    def __init__(self, fns: dict, seed: int, epoch: SharedEpoch):
+        self.fns, self.seed, self.epoch = fns, seed, epoch
+
+    def __call__(self, src):
+        for sample in src:
+            sample = dict(sample)
+            for key, fn in self.fns.items():
+                if key == "image":
+                    sample[key] = seeded_call(fn, sample[key], sample_seed(self.seed, self.epoch.get_value(), sample))
+                else:
+                    sample[key] = fn(sample[key])
+            yield sample
+
+
+def make_repeatable(loader, seed: int, shared_epoch: SharedEpoch) -> int:
+    """Make open_clip's own WebDataset train pipeline repeatable: its `wds.shuffle` stage draws from an RNG seeded
+    by pid and time (two runs differ; a resume continues with other samples), its augmentation from the loader
+    workers' RNG; swap in SeededSampleShuffle (same buffer sizes) and SeededMapDict. Returns the stages swapped."""
+    swapped = 0
+    for torch_loader in getattr(loader, "pipeline", [loader]):
+        pipeline = getattr(getattr(torch_loader, "dataset", None), "pipeline", None)
+        for j, stage in enumerate(pipeline or []):
+            f = getattr(stage, "f", None)
+            if f is wds.filters._shuffle:
+                args = dict(zip(("bufsize", "initial"), stage.args), **stage.kw)  # wds.shuffle's defaults below
+                pipeline[j] = SeededSampleShuffle(args.get("bufsize", 1000), args.get("initial", 100), seed,
+                                                  shared_epoch)
+            elif f is wds.filters._map_dict and "image" in stage.kw and not stage.args:
+                pipeline[j] = SeededMapDict({k: v for k, v in stage.kw.items() if k != "handler"}, seed, shared_epoch)
+            else:
+                continue
+            swapped += 1
+    return swapped
 
 
 class RestartingIterator:

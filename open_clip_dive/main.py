@@ -2,14 +2,21 @@
 
 Also under `torchrun -m open_clip_dive.main`, `srun python -u -m open_clip_dive.main` and
 `horovodrun ... python -m open_clip_dive.main --horovod`. Exit status: 0 done, 1 open_clip refused
-to start (e.g. the run name exists), 2 bad input, 75 preempted after writing a checkpoint (requeue me).
+to start (e.g. the run name exists) or the run could not go on (a diverged loss, a failed save; one line
+says which), 2 bad input, 75 preempted after writing a checkpoint (requeue me).
 """
 
-import logging
 import sys
 
-from .errors import DiveUsageError
-from .train import EXIT_PREEMPTED, Preempted
+if __name__ == "__main__":  # a signal during the seconds of imports and setup below must not kill the run
+    from .signals import catch_early
+
+    catch_early()
+
+import logging  # noqa: E402
+
+from .errors import DiveRunError, DiveUsageError  # noqa: E402
+from .train import EXIT_PREEMPTED, Preempted  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -34,6 +41,9 @@ def main(argv=None) -> int:
     except DiveUsageError as e:
         print(f"open_clip_dive: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except DiveRunError as e:
+        print(f"open_clip_dive: error: {e}", file=sys.stderr)
+        return 1
     except Preempted as p:
         logging.info(f"{p}; exiting with status {EXIT_PREEMPTED} so the scheduler requeues the job.")
         return EXIT_PREEMPTED

@@ -263,9 +263,6 @@ def validate(args):
     for path in args.dive_model_config or ():
         if not os.path.exists(path):
             raise DiveUsageError(f"--dive-model-config: '{path}' does not exist")
-    if args.dive_preempt_signals.lower() != "none":
-        import signal
+    from .checks import check_args
 
-        for name in args.dive_preempt_signals.split(","):
-            if not hasattr(signal, "SIG" + name.strip().upper()):
-                raise DiveUsageError(f"--dive-preempt-signals: unknown signal '{name}' (use e.g. USR1,TERM)")
+    check_args(args)

@@ -19,10 +19,12 @@ import torch
 from open_clip_train.distributed import all_gather_object
 
 from . import checkpoint as ckpt
-from .data import RestartingIterator, id_stream, reference_stream
+from .checks import check_resume_matches
+from .data import RestartingIterator, id_stream, make_repeatable, reference_stream
 from .determinism import check_deterministic
 from .distributed import any_rank, barrier
-from .errors import DiveUsageError
+from .errors import DiveRunError, DiveUsageError
+from .finite import check_weights
 from .loss_choice import ignored_flags, ignored_frozen_flags
 from .losses import create_loss as registry_create_loss
 from .loss_setup import prepare_loss
@@ -33,6 +35,7 @@ from .provenance import check_training, training_preprocess
 from .raw_features import check_raw_features
 from .reference import build_reference, frozen_copy
 from .refcache import ReferenceCache, check_cache, model_fingerprint
+from .signals import original_handler, preempt_signals, protect_workers, take_early
 from .train import train_one_epoch as plugin_train_one_epoch
 
 UPSTREAM = {}  # name -> open_clip's original, captured once
@@ -52,10 +55,14 @@ class Run:
         self.resume = None  # the `dive` entry of the checkpoint we resumed from
         self.model_built = False
         self.notes = []  # (level, message) for the log's first lines, once logging is set up
+        self.model_shapes = {}  # name -> shape of the model's weights, to check a --resume checkpoint against
         self._rng = None
         self._preempt = False
         self._old_handlers = {}
         self._rng_states = []
+        self._epoch_rng = None  # the RNG state when this epoch's ID loader iterator was made (it draws its shuffle)
+        self._epoch_rng_states = []
+        self.steps_done = self._epoch_start = 0  # optimizer steps of the current epoch (at its start)
 
     # --- preemption -------------------------------------------------------------------------------
     @property
@@ -70,13 +77,19 @@ class Run:
             return self.args.dive_deterministic
         return self.loss is not None and needs_frozen(self.loss)
 
+    @property
+    def preempt_signals(self) -> list:
+        """The signals that checkpoint and exit 75 (none without a plugin loss: open_clip's loop has no check)."""
+        return preempt_signals(self.args.dive_preempt_signals) if self.active and self.args.loss is not None else []
+
     def install_signal_handlers(self):
-        spec = self.args.dive_preempt_signals
-        if spec.lower() == "none":
-            return
-        for name in spec.split(","):
-            signum = getattr(signal, "SIG" + name.strip().upper())
-            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+        signums = self.preempt_signals
+        for signum in signums:
+            if signum not in self._old_handlers:
+                self._old_handlers[signum] = original_handler(signal.signal(signum, self._on_signal))
+        if take_early(signums):
+            logging.warning("A preemption signal came during startup: checkpointing after the first step, then exiting.")
+            self._preempt = True
 
     def restore_signal_handlers(self):
         for signum, handler in self._old_handlers.items():
@@ -93,26 +106,37 @@ class Run:
         a = self.args
         return any_rank(self._preempt, a.world_size, a.horovod, torch.device(a.device))
 
-    def save_preemption_checkpoint(self, model, optimizer, scaler, epoch, step_in_epoch) -> str:
+    def save_preemption_checkpoint(self, model, optimizer, scaler, epoch, step_in_epoch):
+        """The checkpoint's path (None with --logs none); DiveRunError on every rank when rank 0 cannot write it."""
         a = self.args
         self.gather_rng()
         path = os.path.join(a.checkpoint_path, f"epoch_{epoch}_step_{step_in_epoch}.pt")
+        failed = None
         if a.rank == 0 and a.save_logs:
             state = model._orig_mod.state_dict() if hasattr(model, "_orig_mod") else model.state_dict()
             checkpoint = {"epoch": epoch, "name": a.name, "state_dict": state, "optimizer": optimizer.state_dict()}
             if scaler is not None:
                 checkpoint["scaler"] = scaler.state_dict()
             checkpoint["dive"] = self.state(step_in_epoch)
-            ckpt.atomic_save(checkpoint, path)
-            if a.save_most_recent:
-                ckpt.atomic_save(checkpoint, os.path.join(a.checkpoint_path, oc_main.LATEST_CHECKPOINT_NAME))
-            logging.info(f"Preemption checkpoint written: {path}")
+            try:
+                check_weights(state, path)
+                ckpt.atomic_save(checkpoint, path)
+                if a.save_most_recent:
+                    ckpt.atomic_save(checkpoint, os.path.join(a.checkpoint_path, oc_main.LATEST_CHECKPOINT_NAME))
+                logging.info(f"Preemption checkpoint written: {path}")
+            except DiveRunError as e:
+                failed = e
+        if any_rank(failed is not None, a.world_size, a.horovod, torch.device(a.device)):  # all ranks stop
+            raise failed or DiveRunError(f"rank 0 could not write the preemption checkpoint {path}")
         barrier(a.world_size, a.horovod)
-        return path
+        return path if a.logs and a.logs.lower() != "none" else None  # --logs none: nothing was written
 
     # --- state in checkpoints ---------------------------------------------------------------------
     def state(self, step_in_epoch: int = 0) -> dict:
         state = {"step_in_epoch": step_in_epoch, "rng": self._rng_states}
+        if step_in_epoch:  # a loader that shuffles with the global RNG (open_clip's csv) redraws the same order
+            state["rng_epoch_start"] = self._epoch_rng_states
+            state["steps_of"] = ckpt.step_shape(self.args)
         if self.loss is not None:
             loss_state = self.loss.state_dict()
             state["loss_state"] = loss_state
@@ -129,15 +153,37 @@ class Run:
         skip = 0
         if resume is not None:
             skip = int(resume.get("step_in_epoch", 0))
+            if skip:
+                ckpt.check_step_shape(resume.get("steps_of"), self.args)
             rng = resume.get("rng") or []
             if len(rng) == self.args.world_size:  # one state per rank
                 self._rng = rng[self.args.rank]
             position = resume.get("reference_stream")
             if self.reference_stream is not None and position is not None:
                 self.reference_stream.resume(position)
+            epoch_rng = resume.get("rng_epoch_start") or []
+            if skip and len(epoch_rng) == self.args.world_size:  # after the reference loader drew from it
+                ckpt.set_rng_state(epoch_rng[self.args.rank])
         if skip == 0:
             self.restore_rng()
+        self._epoch_rng = ckpt.rng_state()
+        self.steps_done = self._epoch_start = skip
         return skip
+
+    def checkpoint_after_data_error(self, model, optimizer, scaler, epoch):
+        """Bad data found mid-epoch (a label out of range in a later shard): keep the steps trained so far, so a
+        fixed run resumes there. Single process only: the other ranks would wait in a collective."""
+        a = self.args
+        if a.world_size != 1 or self.steps_done <= self._epoch_start:
+            return
+        try:
+            path = self.save_preemption_checkpoint(model, optimizer, scaler, epoch, self.steps_done)
+        except DiveRunError as e:  # the data error is what the user must see
+            logging.error(f"Could not keep the steps before the bad data: {e}")
+            return
+        if path:
+            logging.error(f"Stopping on bad data after step {self.steps_done} of epoch {epoch}; checkpoint {path} "
+                          "written: fix the data, then --resume latest")
 
     def restore_rng(self):
         if self._rng is not None:
@@ -147,8 +193,10 @@ class Run:
     def gather_rng(self):
         """Every rank's RNG state, for the next checkpoint (a collective: all ranks call it)."""
         a = self.args
-        state = ckpt.rng_state()
-        self._rng_states = all_gather_object(a, state) if a.world_size > 1 else [state]
+        state = (ckpt.rng_state(), self._epoch_rng)
+        states = all_gather_object(a, state) if a.world_size > 1 else [state]
+        self._rng_states = [now for now, _ in states]
+        self._epoch_rng_states = [start for _, start in states]
 
     def end_epoch(self, model, epoch):
         a = self.args
@@ -198,6 +246,8 @@ def parse_args(argv):
         given = getattr(args, PLUGIN_FLAGS_DEST)
         _run.notes = [(logging.INFO, f"open_clip_dive: loss {args.loss or '(open_clip)'}: {args.dive_loss_reason}")]
         _run.notes += [(logging.WARNING, f"open_clip_dive: {w}") for w in ignored_flags(args.loss, given)]
+    _run.install_signal_handlers()  # now, not after the model is built: a signal then would kill the run
+    if _run.active:
         for path in args.dive_model_config or ():
             import open_clip
 
@@ -237,7 +287,10 @@ def create_model_and_transforms(*args, **kwargs):
     if run is None or not run.active or run.model_built:
         return result  # the distill teacher, or plain open_clip
     run.model_built = True
+    if run.args.rank == 0 and os.path.isdir(getattr(run.args, "checkpoint_path", "") or ""):
+        ckpt.remove_partials(run.args.checkpoint_path)  # a killed or failed write's, which may hold the disk full
     model, _, run.preprocess_val = result
+    run.model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     a = run.args
     if a.loss is not None:
         run.loss = registry_create_loss(a)
@@ -281,6 +334,8 @@ def get_data(args, preprocess_fns, epoch=0, tokenizer=None):
         data["train"] = id_stream(args, preprocess_fns[0], tokenizer, epoch)
     else:
         data = UPSTREAM["get_data"](args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
+        if run.loss is not None and "train" in data and data["train"].shared_epoch is not None:
+            make_repeatable(data["train"].dataloader, args.seed, data["train"].shared_epoch)  # exact resumes
     if run.loss is not None and needs_reference(run.loss) and "train" in data:
         cached = args.dive_ref_cache and frozen_batch(run.loss) == "reference"
         augment = args.dive_ref_augment and not cached
@@ -288,6 +343,9 @@ def get_data(args, preprocess_fns, epoch=0, tokenizer=None):
                                 data["train"].dataloader.num_batches, epoch,
                                 embeddings=ReferenceCache(args.dive_ref_cache) if cached else None)
         run.reference_stream = RestartingIterator(info, first_pass=epoch)
+    streams = list(data.values()) + ([run.reference_stream.info] if run.reference_stream is not None else [])
+    for info in streams:
+        protect_workers(info.dataloader, run.preempt_signals)  # SLURM signals the workers too
     return data
 
 
@@ -301,7 +359,6 @@ def create_loss(args):
                      + (f" Not in the checkpoint (kept fresh): {missing}." if missing else "")
                      + (f" Not used by --loss {args.loss}: {unexpected}." if unexpected else ""))
     run.loss.to(torch.device(args.device))
-    run.install_signal_handlers()
     return run.loss
 
 
@@ -310,14 +367,25 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
     if run is None or not run.active or args.loss is None:  # plain open_clip
         return UPSTREAM["train_one_epoch"](model, data, loss, epoch, optimizer, scaler, scheduler, dist_model,
                                            args, tb_writer=tb_writer)
-    return plugin_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run,
-                                  tb_writer=tb_writer)
+    try:
+        return plugin_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run,
+                                      tb_writer=tb_writer)
+    except Exception as e:
+        if isinstance(e, DiveUsageError) or "DiveUsageError" in str(e):  # raised in a loader worker: another type
+            run.checkpoint_after_data_error(model, optimizer, scaler, epoch)
+        raise
 
 
 def pt_load(file_path, map_location=None):
+    run = _run
+    resuming = run is not None and run.active and file_path == run.args.resume
+    if resuming and isinstance(file_path, str) and "://" not in file_path:
+        file_path = run.args.resume = ckpt.resumable_path(file_path, oc_main.LATEST_CHECKPOINT_NAME)
     checkpoint = UPSTREAM["pt_load"](file_path, map_location=map_location)
-    if _run is not None and isinstance(checkpoint, dict) and "dive" in checkpoint:
-        _run.resume = checkpoint["dive"]
+    if resuming and run.model_shapes:
+        check_resume_matches(checkpoint, run.model_shapes, file_path)
+    if run is not None and isinstance(checkpoint, dict) and "dive" in checkpoint:
+        run.resume = checkpoint["dive"]
     return checkpoint
 
 
@@ -367,6 +435,7 @@ def save_checkpoint(obj, f, *args, **kwargs):
     """main()'s torch.save: atomic, and a training checkpoint also carries the plugin's state."""
     if isinstance(obj, dict) and "state_dict" in obj and "epoch" in obj and _run is not None and _run.active:
         obj = {**obj, "dive": _run.state(step_in_epoch=0)}
+        check_weights(obj["state_dict"], os.fspath(f) if isinstance(f, (str, os.PathLike)) else "the checkpoint")
     if isinstance(f, (str, os.PathLike)):
         ckpt.atomic_save(obj, os.fspath(f), save=lambda o, p: torch.save(o, p, *args, **kwargs))
     else:

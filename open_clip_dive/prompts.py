@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import os
 from typing import Callable, List, Sequence
 
@@ -20,28 +21,55 @@ BUILTIN_TEMPLATES = {
 
 
 def _read_list_file(path: str, what: str, flag: str) -> list:
+    """The entries of a JSON list, a JSON {index: entry} dict (indices 0..n-1, no gaps), or a text file with one
+    entry per line. Every entry must be a string that is not blank (a blank or nested entry would silently shift
+    or garble the entries after it)."""
     if not os.path.isfile(path):
         raise DiveUsageError(f"{flag}: {what} file '{path}' does not exist; give a JSON list or a text file with one entry per line")
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if path.endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DiveUsageError(f"{flag}: '{path}' is not valid JSON ({e})") from None
-        if isinstance(data, dict):
-            # {"0": "tench", "1": "goldfish", ...} or {"classnames": [...]} / {"templates": [...]}
-            for key in ("classnames", "templates"):
-                if key in data:
-                    return list(data[key])
-            try:
-                return [data[k] for k in sorted(data, key=int)]
-            except ValueError:
-                raise DiveUsageError(f"{flag}: '{path}' must be a JSON list, or a dict keyed by class index") from None
-        if not isinstance(data, list):
-            raise DiveUsageError(f"{flag}: '{path}' must hold a JSON list of strings")
-        return [str(x) for x in data]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    if not path.endswith(".json"):
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                raise DiveUsageError(f"{flag}: line {number} of '{path}' is blank; every line is one {what} entry "
+                                     "(a blank line would shift the entries after it)")
+        return [line.strip() for line in lines]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DiveUsageError(f"{flag}: '{path}' is not valid JSON ({e})") from None
+    if isinstance(data, dict):
+        # {"0": "tench", "1": "goldfish", ...} or {"classnames": [...]} / {"templates": [...]}
+        for key in ("classnames", "templates"):
+            if key in data:
+                data = data[key]
+                break
+        else:
+            data = _indexed(data, path, flag)
+    if not isinstance(data, list):
+        raise DiveUsageError(f"{flag}: '{path}' must hold a JSON list of strings")
+    for index, entry in enumerate(data):
+        if not isinstance(entry, str) or not entry.strip():
+            raise DiveUsageError(f"{flag}: entry {index} of '{path}' is {json.dumps(entry)[:60]}; every {what} entry "
+                                 "must be a non-blank string")
+    return [entry.strip() for entry in data]
+
+
+def _indexed(data: dict, path: str, flag: str) -> list:
+    """{index: name} with the indices 0..n-1: a gap would renumber every later class."""
+    try:
+        indices = {int(k): v for k, v in data.items()}
+    except ValueError:
+        raise DiveUsageError(f"{flag}: '{path}' must be a JSON list, or a dict keyed by class index") from None
+    missing = sorted(set(range(len(data))) - set(indices))
+    if len(indices) != len(data) or missing:
+        hint = "an index appears twice" if len(indices) != len(data) else f"index {missing[0]} is missing"
+        raise DiveUsageError(f"{flag}: the keys of '{path}' must be the class indices 0..{len(data) - 1}, but {hint} "
+                             "(labels index the names directly, so a gap would prompt a class with another's name)")
+    return [indices[i] for i in range(len(data))]
 
 
 def load_classnames(spec: str, flag: str = "--classnames") -> List[str]:
@@ -52,6 +80,18 @@ def load_classnames(spec: str, flag: str = "--classnames") -> List[str]:
     if not names:
         raise DiveUsageError(f"{flag}: '{spec}' holds no class names")
     return names
+
+
+def warn_duplicates(names: Sequence[str], spec: str, flag: str = "--classnames"):
+    """Two classes with one name get one prompt: legal, but usually a mistake."""
+    seen = {}
+    for index, name in enumerate(names):
+        seen.setdefault(name.lower(), []).append(index)
+    dups = {name: where for name, where in seen.items() if len(where) > 1}
+    if dups:
+        listed = "; ".join(f"'{name}' at {where}" for name, where in list(dups.items())[:5])
+        logging.warning(f"{flag} {spec}: {len(dups)} class name(s) appear more than once ({listed}); their classes "
+                        "get the same prompts and cannot be told apart")
 
 
 def _format_template(template: str) -> Template:

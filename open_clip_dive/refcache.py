@@ -38,8 +38,15 @@ def read_meta(directory: str) -> dict:
     if not os.path.isfile(path):
         raise DiveUsageError(f"--dive-ref-cache: '{directory}' has no {META}; build it with "
                              "`python -m open_clip_dive.tools.cache_reference`")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DiveUsageError(f"--dive-ref-cache: '{path}' is not valid JSON ({e}); rebuild the cache with "
+                             "`python -m open_clip_dive.tools.cache_reference`") from None
+    if not isinstance(meta, dict):
+        raise DiveUsageError(f"--dive-ref-cache: '{path}' must hold a JSON object; rebuild the cache")
+    return meta
 
 
 def check_cache(directory: str, model_name: str, fingerprint: str, image_size) -> dict:

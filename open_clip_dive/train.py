@@ -18,6 +18,7 @@ from open_clip_train.precision import get_autocast
 from open_clip_train.train import AverageMeter, backward, unwrap_model
 
 from .determinism import set_train_mode
+from .finite import check_losses
 from .losses import frozen_batch, image_tower_only, in_batch_negatives, needs_labels
 from .raw_features import RawFeatureTap
 
@@ -34,7 +35,8 @@ class Preempted(Exception):
     """Raised after a preemption checkpoint is written; main() exits with EXIT_PREEMPTED."""
 
     def __init__(self, path):
-        super().__init__(f"preempted: checkpoint written to {path}")
+        super().__init__(f"preempted: checkpoint written to {path}" if path else
+                         "preempted: no checkpoint written (--logs none)")
         self.path = path
 
 
@@ -228,6 +230,8 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
         data_time_m.update(time.time() - end)
 
         losses, logit_scale = step_fn(micro_batches, optimizer, scaler)
+        check_losses(losses, epoch, step, args)
+        run.steps_done = i_accum + 1
         run.record_keys(micro_batches)
         micro_batches = []
 

@@ -123,3 +123,38 @@ def test_srun_without_master_addr_fails_with_a_clear_line(slurm_cluster, data, t
                            "open_clip_dive.main", *args], env, timeout=180)
     assert result.returncode != 0
     assert "MASTER_ADDR" in result.stdout, result.stdout[-3000:]
+
+
+def test_scancel_sigterm_to_every_task_and_worker_checkpoints_requeues_and_resumes(slurm_cluster, data, tmp_path):
+    """`scancel --signal=TERM` signals every process of the job step, the DataLoader workers included (as SLURM
+    does on preemption and at the time limit): the workers must not die of it; the ranks checkpoint, exit 75, the
+    job is requeued and ends with the weights of an uninterrupted run."""
+    workers = {"DIVE_WORKERS": 1}
+    reference, ref_out = submit(slurm_cluster, data, tmp_path, "straight", ONE_NODE, epochs=2, extra_env=workers)
+    info = slurm_cluster.wait(reference, timeout=400)
+    assert info["JobState"] == "COMPLETED", tail(ref_out)
+
+    run = tmp_path / "term"
+    job, out = submit(slurm_cluster, data, tmp_path, "term", ONE_NODE, epochs=2, extra_env=workers)
+
+    def some_steps_done(info):
+        try:
+            return len(sample_keys(run, 0)) >= 20
+        except FileNotFoundError:
+            return info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED")
+
+    slurm_cluster.wait(job, timeout=300, until=some_steps_done)
+    assert slurm_cluster.state(job) == "RUNNING", tail(out)
+    slurm_cluster.run("scancel", "--signal=TERM", job)
+    info = slurm_cluster.wait(job, timeout=600)
+    log = tail(out, 200000)
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    assert info["Restarts"] == "1", log[-4000:]
+    assert "is killed by signal" not in log
+    assert "checkpointed and stopped (status 75); requeueing job" in log
+    assert [c for c in os.listdir(run / "checkpoints") if c.startswith("epoch_0_step_")]
+    for rank in (0, 1):
+        assert sample_keys(run, rank) == sample_keys(tmp_path / "straight", rank), f"rank {rank}"
+    final = assert_checkpoint_loads(run / "checkpoints" / "epoch_2.pt", data["config"])
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "epoch_2.pt", weights_only=True)
+    assert max_param_diff(final, straight) < 1e-5

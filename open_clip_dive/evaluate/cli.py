@@ -151,6 +151,9 @@ def run(args) -> int:
         return 0
     if not args.model:
         raise DiveUsageError("--model is required (the open_clip architecture), unless --report is given")
+    from ..checks import check_writable_dir
+
+    check_writable_dir(args.output_dir, "--output-dir")  # now, not after the whole evaluation ran
     add_model_configs(args.model_config)
     runs = _parse_runs(args)
     if len(runs) > 1 and not args.pretrained:

@@ -62,6 +62,7 @@ def load_model(label: str, model_name: str, pretrained: Optional[str], device="c
             open_clip.load_checkpoint(model, checkpoint_over_local_dir, device=device)
             pretrained = checkpoint_over_local_dir
     except RuntimeError as e:
+        pretrained = checkpoint_over_local_dir or pretrained  # name the file, not None
         text = str(e)
         if "size mismatch" in text or "Missing key" in text or "Unexpected key" in text:
             detail = next((line.strip() for line in text.splitlines() if "size mismatch" in line or "key" in line), "")
@@ -71,6 +72,7 @@ def load_model(label: str, model_name: str, pretrained: Optional[str], device="c
                              f"{model_name} ({detail[:160]}){hint}") from None
         raise ModelError(f"run '{label}': could not load {model_name} / {pretrained}: {text.splitlines()[0]}") from None
     except Exception as e:  # unpickling errors, missing hub weights offline, ...
+        pretrained = checkpoint_over_local_dir or pretrained
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"run '{label}': could not load {model_name} / {pretrained}: {first}") from None
     model.eval()

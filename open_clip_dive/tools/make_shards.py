@@ -264,6 +264,12 @@ def _prepare_output(directory: str, prefix: str, spec: dict, resume: bool, overw
     """Apply the overwrite/resume rules; return the existing ShardSet when a resume finds the work done."""
     if resume and overwrite:
         raise ShardError("--resume and --overwrite contradict each other; pass one")
+    from ..checks import check_writable_dir
+
+    try:
+        check_writable_dir(directory, "--output")  # a file, under a file, read-only: one line, not a traceback
+    except DiveUsageError as e:
+        raise ShardError(str(e)) from None
     fp = _fingerprint(spec)
     if os.path.isdir(directory) and os.listdir(directory):
         if overwrite:
@@ -601,8 +607,12 @@ def write_caption_shards(table: str, out_dir: str, *, image_col: Optional[str] =
 def load_npz(path: str, images_key: str = "images", labels_key: str = "labels", captions_key: str = "captions"):
     if not os.path.isfile(path):
         raise ShardError(f"array file {path} does not exist")
-    z = np.load(path, allow_pickle=False)
-    keys = list(z.keys())
+    try:
+        z = np.load(path, allow_pickle=False)
+        keys = list(z.keys())
+    except (ValueError, OSError, AttributeError):  # not an .npz (np.load of an .npy gives an array: no keys)
+        raise ShardError(f"{path} is not a NumPy .npz archive; write one with numpy.savez(path, images=..., "
+                         "labels=...)") from None
     if images_key not in keys:
         raise ShardError(f"{path} has no array {images_key!r} (--images-key); it has {keys}")
     labels = z[labels_key] if labels_key in keys else None
