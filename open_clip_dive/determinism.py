@@ -24,6 +24,17 @@ def set_train_mode(model: nn.Module, bn_eval: bool, deterministic: bool = False)
             module.train(not bn_eval)
 
 
+def eval_mode_costs(model: nn.Module, grad_checkpointing: bool) -> list:
+    """What eval mode turns off besides the randomness: Hugging Face layers checkpoint activations only in train
+    mode, so --grad-checkpointing stops saving memory on them (open_clip's and timm's towers keep it)."""
+    hf_layers = {type(m).__name__ for m in model.modules() if hasattr(type(m), "gradient_checkpointing")}
+    if not grad_checkpointing or not hf_layers:
+        return []
+    return [f"--grad-checkpointing has no effect on the Hugging Face layers ({', '.join(sorted(hf_layers))}) while "
+            "--dive-deterministic runs the model in eval mode (they checkpoint only in train mode): expect more "
+            "activation memory there"]
+
+
 def _probe_inputs(model: nn.Module, device):
     visual = getattr(model, "visual", None)
     size = getattr(visual, "image_size", 224)

@@ -21,7 +21,7 @@ from open_clip_train.distributed import all_gather_object
 from . import checkpoint as ckpt
 from .checks import check_resume_matches
 from .data import RestartingIterator, id_stream, make_repeatable, reference_stream
-from .determinism import check_deterministic
+from .determinism import check_deterministic, eval_mode_costs
 from .distributed import any_rank, barrier
 from .errors import DiveRunError, DiveUsageError
 from .finite import check_weights
@@ -313,6 +313,8 @@ def create_model_and_transforms(*args, **kwargs):
             check_raw_features(model)
         if run.deterministic:
             check_deterministic(model, run.bn_eval)
+            for warning in eval_mode_costs(model, a.grad_checkpointing):
+                logging.warning(f"open_clip_dive: {warning}")
             logging.info("The trainable model runs in eval mode (no dropout, drop-path or patch dropout; "
                          f"BatchNorm statistics {'frozen' if run.bn_eval else 'from the batch'}): "
                          "--dive-deterministic.")

@@ -70,6 +70,16 @@ def write_shards(directory, prefix="shard", num_shards=2, per_shard=16, num_clas
     return os.path.join(directory, f"{prefix}-{{{0:06d}..{num_shards - 1:06d}}}.tar")
 
 
+def dive_cli_argv(tiny_data, shards, logs, name, *extra):
+    """`python -m open_clip_dive.main` for 2 epochs of DiVE on the tiny model (the preemption and signal tests)."""
+    return [sys.executable, "-m", "open_clip_dive.main", "--dive-model-config", tiny_data["config"],
+            "--model", TINY_MODEL, "--train-data", shards, "--classnames", tiny_data["classnames"],
+            "--batch-size", "4", "--epochs", "2", "--device", "cpu", "--precision", "fp32", "--workers", "0",
+            "--lr", "1e-3", "--warmup", "2", "--logs", str(logs), "--name", name, "--report-to", "none",
+            "--log-every-n-steps", "1", "--seed", "0", "--loss", "dive", "--dive-ref-data", tiny_data["ref"],
+            "--dive-ref-batch-size", "4", "--dive-avl-weight", "10", "--dive-pvl-weight", "10", *extra]
+
+
 def subprocess_env(**extra):
     env = dict(os.environ)
     # DIVE_TEST_OPEN_CLIP_PATH: a patched open_clip (scripts/check_patches.sh --test) comes first on the path

@@ -203,3 +203,17 @@ def test_raw_space_with_the_cache_is_refused(tiny_data, tmp_path, capsys):
                           "--dive-ref-cache", str(tmp_path)))
     assert code == 2
     assert "--dive-space raw: the reference cache holds normalised embeddings" in capsys.readouterr().err
+
+
+def test_eval_mode_warns_where_it_turns_gradient_checkpointing_off():
+    """Hugging Face layers checkpoint only in train mode: --grad-checkpointing would silently stop saving memory."""
+    from open_clip_dive.determinism import eval_mode_costs
+
+    class HFStyleLayer(nn.Linear):
+        gradient_checkpointing = False  # the class attribute transformers' GradientCheckpointingLayer declares
+
+    model = nn.Sequential(nn.Linear(2, 2), HFStyleLayer(2, 2))
+    assert eval_mode_costs(nn.Sequential(nn.Linear(2, 2)), grad_checkpointing=True) == []
+    assert eval_mode_costs(model, grad_checkpointing=False) == []
+    (warning,) = eval_mode_costs(model, grad_checkpointing=True)
+    assert "HFStyleLayer" in warning and "--grad-checkpointing has no effect" in warning

@@ -3,25 +3,18 @@ and ends with the same weights as a run that was never interrupted (CPU, --worke
 
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from helpers import TINY_MODEL, subprocess_env, write_shards
+from helpers import dive_cli_argv, subprocess_env, write_shards
 from open_clip_dive.checkpoint import atomic_save, latest_checkpoint
 
 pytestmark = pytest.mark.timeout(600)
 
 
-def argv(tiny_data, shards, logs, name, *extra):
-    return [sys.executable, "-m", "open_clip_dive.main", "--dive-model-config", tiny_data["config"],
-            "--model", TINY_MODEL, "--train-data", shards, "--classnames", tiny_data["classnames"],
-            "--batch-size", "4", "--epochs", "2", "--device", "cpu", "--precision", "fp32", "--workers", "0",
-            "--lr", "1e-3", "--warmup", "2", "--logs", str(logs), "--name", name, "--report-to", "none",
-            "--log-every-n-steps", "1", "--seed", "0", "--loss", "dive", "--dive-ref-data", tiny_data["ref"],
-            "--dive-ref-batch-size", "4", "--dive-avl-weight", "10", "--dive-pvl-weight", "10", *extra]
+argv = dive_cli_argv
 
 
 def test_signal_checkpoints_mid_epoch_and_resume_matches_uninterrupted_run(tiny_data, tmp_path):

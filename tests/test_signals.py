@@ -11,19 +11,14 @@ import time
 import pytest
 import torch
 
-from helpers import TINY_MODEL, subprocess_env, write_shards
+from helpers import TINY_MODEL, dive_cli_argv, subprocess_env, write_shards
 from open_clip_dive.signals import WorkerSignals, preempt_signals, protect_workers
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def dive_argv(tiny_data, shards, logs, name, *extra):
-    return [sys.executable, "-m", "open_clip_dive.main", "--dive-model-config", tiny_data["config"],
-            "--model", TINY_MODEL, "--train-data", shards, "--classnames", tiny_data["classnames"],
-            "--batch-size", "4", "--epochs", "2", "--device", "cpu", "--precision", "fp32", "--workers", "1",
-            "--lr", "1e-3", "--warmup", "2", "--logs", str(logs), "--name", name, "--report-to", "none",
-            "--log-every-n-steps", "1", "--seed", "0", "--loss", "dive", "--dive-ref-data", tiny_data["ref"],
-            "--dive-ref-batch-size", "4", "--dive-avl-weight", "10", "--dive-pvl-weight", "10", *extra]
+    return dive_cli_argv(tiny_data, shards, logs, name, "--workers", "1", *extra)  # the workers get the signal too
 
 
 def kill_group_when(argv, log, marker, signum=signal.SIGTERM, timeout=300):
