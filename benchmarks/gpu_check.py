@@ -153,6 +153,14 @@ def make_args(loss, precision, device, ref_precision="fp32", lr=1e-5):
     return args
 
 
+def default_losses():
+    """The registry losses this check feeds: all but the classification-head family (ce, lp-ft, lipsum, car-ft,
+    the losses reading --dive-head-init), whose class labels and zero-shot head it does not build yet."""
+    from open_clip_dive.losses import list_losses, loss_flags
+
+    return [n for n in list_losses() if "dive_head_init" not in (loss_flags(n) or ())]
+
+
 def build_loss(args, factory=None):
     from open_clip_dive.losses import create_loss
 
@@ -641,7 +649,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("OUT"), help="Write gpu_check.md and gpu_check.json here "
                    "(default: $OUT; none: only print).")
     p.add_argument("--sections", default="loss,ema,rng,step,placement,train,cache", help="Comma list of sections.")
-    p.add_argument("--losses", default=None, help="Comma list of registry losses (default: list_losses()).")
+    p.add_argument("--losses", default=None, help="Comma list of registry losses (default: every registry loss but the classification-head family, see default_losses()).")
     p.add_argument("--quick", action="store_true", help="A dry run's sizes: a 6-step train run without its "
                    "uninterrupted twin; step and placement sections for flyp and dive only.")
     p.add_argument("--work-dir", default=None, help="Where the tiny data and runs go (default: a temporary folder).")
@@ -655,10 +663,8 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    from open_clip_dive.losses import list_losses
-
     register_tiny_model()
-    names = a.losses.split(",") if a.losses else list_losses()
+    names = a.losses.split(",") if a.losses else default_losses()
     step_names = [n for n in names if n in ("flyp", "dive")] if a.quick else names
     sections = a.sections.split(",")
     started = time.time()

@@ -37,12 +37,15 @@ def pvl_loss(u: torch.Tensor, v: torch.Tensor, reduction: str = "sum") -> torch.
 @torch.no_grad()
 def difference_stats(u: torch.Tensor, v: torch.Tensor) -> dict:
     """What the regulariser sees (this rank's reference batch): mean ||u||, mean ||v||, and the share of each
-    difference that is common to the batch (||mean u|| / mean ||u||: 1 for a pure translation)."""
-    stats = {"dive/u_norm": u.norm(dim=-1).mean(), "dive/v_norm": v.norm(dim=-1).mean()}
+    difference that is common to the batch (||mean u|| / mean ||u||: 1 for a pure translation). 0-d tensors, so
+    the step does not wait for the device; they become numbers only when logged."""
+    stats = {}
     for name, d in (("u", u), ("v", v)):
         mean_norm = d.norm(dim=-1).mean()
-        stats[f"dive/{name}_common"] = d.mean(0).norm() / mean_norm if mean_norm > 0 else torch.ones(())
-    return {k: float(val) for k, val in stats.items()}
+        stats[f"dive/{name}_norm"] = mean_norm
+        common = d.mean(0).norm() / mean_norm.clamp_min(torch.finfo(mean_norm.dtype).tiny)
+        stats[f"dive/{name}_common"] = torch.where(mean_norm > 0, common, torch.ones_like(common))
+    return stats
 
 
 class DifferenceVectorEMA(nn.Module):
@@ -179,8 +182,8 @@ class DiVELoss(ReferenceLoss):
     def metrics(self) -> dict:
         """Scalars for the log line, TensorBoard and W&B (the plugin logs what a loss returns here): the last
         micro-batch's difference-vector statistics and ||m|| after the last update."""
-        ema = {} if self.average is None else {"dive/ema_norm": float(self.average.ema.norm())}
-        return {**self.last_stats, **ema}
+        ema = {} if self.average is None else {"dive/ema_norm": self.average.ema.norm()}
+        return {name: float(value) for name, value in {**self.last_stats, **ema}.items()}
 
     def on_optimizer_step(self):
         if self.average is not None:
