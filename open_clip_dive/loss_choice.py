@@ -14,7 +14,7 @@ IMPLIES = {"dive_avl_weight": "dive", "dive_pvl_weight": "dive", "dive_ema_momen
            "dive_ema_order": "dive", "dive_space": "dive", "dive_reduction": "dive", "dive_ref_data": "dive",
            "dive_replay_weight": "replay", "dive_cosine_weight": "cosine", "dive_lipsum_weight": "lipsum",
            "dive_car_weight": "car-ft", "dive_head_init": "lp-ft", "classnames": "flyp"}
-# read only where the loss runs the frozen model (the reference losses except replay); checked once it is built
+# read only where the loss runs the frozen model (on either batch); judged once the loss is built and says so
 FROZEN_FLAGS = ("dive_ref_pretrained", "dive_ref_precision", "dive_ref_cache")
 
 
@@ -28,7 +28,7 @@ def _loss_specific(dest: str) -> bool:
 
 def _reads(loss: str, dest: str) -> bool:
     """Whether `loss` reads the flag; undeclared (third-party) losses are taken to read their own flags."""
-    if not _loss_specific(dest):
+    if not _loss_specific(dest) or dest in FROZEN_FLAGS:
         return True
     if dest.startswith("dive_ref_"):
         return loss_uses_reference(loss)
@@ -70,9 +70,15 @@ def ignored_flags(loss, given):
     return warnings
 
 
-def ignored_frozen_flags(loss, given, uses_frozen: bool):
-    """The frozen-model flags given to a reference loss that, once built, turns out not to run the frozen model."""
-    if loss is None or uses_frozen or not loss_uses_reference(loss):
+def ignored_frozen_flags(loss, given, frozen_batch):
+    """The frozen-model flags given to a loss that, once built, declares it runs no frozen model (`frozen_batch`
+    None), or, for the reference cache, runs it on the ID batch (the cache holds reference embeddings)."""
+    if loss is None:
         return []
-    return [f"{_flag(d)} has no effect with --loss {loss}: it does not use the frozen model"
-            for d in given if d in FROZEN_FLAGS]
+    if frozen_batch is None:
+        return [f"{_flag(d)} has no effect with --loss {loss}: it does not use the frozen model"
+                for d in given if d in FROZEN_FLAGS]
+    if frozen_batch != "reference" and "dive_ref_cache" in given:
+        return [f"--dive-ref-cache has no effect with --loss {loss}: its frozen model runs on the ID batch, the "
+                "cache holds reference embeddings"]
+    return []

@@ -294,7 +294,7 @@ def create_model_and_transforms(*args, **kwargs):
     a = run.args
     if a.loss is not None:
         run.loss = registry_create_loss(a)
-        for warning in ignored_frozen_flags(a.loss, getattr(a, PLUGIN_FLAGS_DEST), needs_frozen(run.loss)):
+        for warning in ignored_frozen_flags(a.loss, getattr(a, PLUGIN_FLAGS_DEST), frozen_batch(run.loss)):
             logging.warning(f"open_clip_dive: {warning}")
         if frozen_batch(run.loss) == "reference" and a.dive_ref_cache:
             image_size = model.visual.image_size

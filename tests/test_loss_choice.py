@@ -56,6 +56,19 @@ def test_ignored_flags(loss, given, expected):
         assert warning.startswith(start)
 
 
+def test_frozen_model_flags_are_judged_by_where_the_built_loss_runs_the_frozen_model():
+    from open_clip_dive.loss_choice import ignored_frozen_flags
+
+    given = ["dive_ref_pretrained", "dive_ref_precision"]
+    assert ignored_flags("lipsum", given) == [] and ignored_flags("dive", given) == []  # not judged before building
+    assert ignored_frozen_flags("lipsum", given, "id") == []  # Lipsum-FT's frozen model is built from them
+    assert ignored_frozen_flags("dive", given, "reference") == []
+    assert [w.split(":")[0] for w in ignored_frozen_flags("replay", given, None)] == [
+        "--dive-ref-pretrained has no effect with --loss replay", "--dive-ref-precision has no effect with --loss replay"]
+    (cache,) = ignored_frozen_flags("car-ft", ["dive_ref_cache"], "id")
+    assert cache.startswith("--dive-ref-cache has no effect with --loss car-ft: its frozen model runs on the ID batch")
+
+
 def argv(tiny_data, logs, name, *extra, classnames=True, train_data=None):
     return ["--dive-model-config", tiny_data["config"], "--model", TINY_MODEL, "--dataset-type", "webdataset",
             "--train-data", train_data or tiny_data["id"], "--train-num-samples", "16",
