@@ -151,9 +151,6 @@ def run(args) -> int:
         return 0
     if not args.model:
         raise DiveUsageError("--model is required (the open_clip architecture), unless --report is given")
-    from ..checks import check_writable_dir
-
-    check_writable_dir(args.output_dir, "--output-dir")  # now, not after the whole evaluation ran
     add_model_configs(args.model_config)
     runs = _parse_runs(args)
     if len(runs) > 1 and not args.pretrained:
@@ -172,6 +169,10 @@ def run(args) -> int:
     do_rsa = bool(finetuned) and not args.no_rsa
     if do_rsa:  # checked before any model is built, not after the first run
         require("scipy.stats", "scipy", "RSA (--no-rsa skips it)")
+    from ..checks import check_writable_dir
+
+    # now, not after the whole evaluation ran; last of the checks, because it makes the directory
+    check_writable_dir(args.output_dir, "--output-dir")
 
     config = EvalConfig(device=args.device, precision=args.precision, batch_size=args.batch_size,
                         text_batch_size=args.text_batch_size, workers=args.workers, progress=not args.no_progress,
