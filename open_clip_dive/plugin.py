@@ -170,11 +170,20 @@ class Run:
         self.steps_done = self._epoch_start = skip
         return skip
 
-    def checkpoint_after_data_error(self, model, optimizer, scaler, epoch):
-        """Bad data found mid-epoch (a label out of range in a later shard): keep the steps trained so far, so a
-        fixed run resumes there. Single process only: the other ranks would wait in a collective."""
+    def agree_on_data(self, failure, model, optimizer, scaler, epoch):
+        """After each fetch of the next batch, all ranks learn whether any failed (one all-reduce; none for one
+        process): a rank stopping alone would leave the others waiting in the step's collectives. Then all keep
+        the steps trained so far, so a fixed run resumes there, and stop."""
         a = self.args
-        if a.world_size != 1 or self.steps_done <= self._epoch_start:
+        if not any_rank(failure is not None, a.world_size, a.horovod, torch.device(a.device)):
+            return
+        self.checkpoint_after_data_error(model, optimizer, scaler, epoch)
+        raise failure or DiveUsageError(f"rank {a.rank} stopped: another rank could not read its next batch (its "
+                                        "error line names the shard and sample)")
+
+    def checkpoint_after_data_error(self, model, optimizer, scaler, epoch):
+        """Called on every rank (the save is collective)."""
+        if self.steps_done <= self._epoch_start:
             return
         try:
             path = self.save_preemption_checkpoint(model, optimizer, scaler, epoch, self.steps_done)
@@ -369,13 +378,8 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
     if run is None or not run.active or args.loss is None:  # plain open_clip
         return UPSTREAM["train_one_epoch"](model, data, loss, epoch, optimizer, scaler, scheduler, dist_model,
                                            args, tb_writer=tb_writer)
-    try:
-        return plugin_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run,
-                                      tb_writer=tb_writer)
-    except Exception as e:
-        if isinstance(e, DiveUsageError) or "DiveUsageError" in str(e):  # raised in a loader worker: another type
-            run.checkpoint_after_data_error(model, optimizer, scaler, epoch)
-        raise
+    return plugin_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, run,
+                                  tb_writer=tb_writer)
 
 
 def pt_load(file_path, map_location=None):

@@ -7,6 +7,7 @@ Horovod synchronize, gradient clipping, logit-scale clamp, log format), so `--lo
 open_clip does, and adds the reference batch, accumulation for every loss, mid-epoch resume and preemption.
 """
 
+import itertools
 import logging
 import math
 import time
@@ -212,14 +213,19 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
     data_time_m = AverageMeter()
     micro_batches = []
     end = time.time()
-    for i, batch in enumerate(dataloader):
+    batches = iter(dataloader)
+    for i in itertools.count():
+        fetched = _fetch(batches, run.reference_stream if i >= skip else None)
+        if fetched is None:
+            break
+        batch, ref, failure = fetched
+        run.agree_on_data(failure, model, optimizer, scaler, epoch)
         if i < skip:
             if i == skip - 1:
                 run.restore_rng()
             end = time.time()
             continue
-        batch = as_batch(batch)
-        ref = as_batch(next(run.reference_stream)) if run.reference_stream is not None else None
+        batch, ref = as_batch(batch), None if ref is None else as_batch(ref)
         micro_batches.append((batch, ref))
         if len(micro_batches) < accum:
             continue
@@ -249,6 +255,21 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
             path = run.save_preemption_checkpoint(model, optimizer, scaler, epoch, batch_count)
             raise Preempted(path)
     run.end_epoch(model, epoch)
+
+
+def _fetch(batches, reference_stream):
+    """(ID batch, reference batch or None, None), (None, None, the error) when a fetch failed (bad data in a later
+    shard, a loader worker that died), or None at the end of the epoch."""
+    try:
+        batch = next(batches)
+    except StopIteration:
+        return None
+    except Exception as e:
+        return None, None, e
+    try:
+        return batch, None if reference_stream is None else next(reference_stream), None
+    except Exception as e:
+        return None, None, e
 
 
 def _log_step(args, losses, losses_m, logit_scale, optimizer, dataloader, batch_count, batch_size,

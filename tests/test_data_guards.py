@@ -3,10 +3,11 @@ yields none used to spin forever (and two cases flooded the log). Each stops wit
 shard; a stream that only skips stops instead of spinning. Also: upsampling factors (they used to crash)."""
 
 import os
+import sys
 
 import pytest
 
-from helpers import TINY_MODEL, write_shards
+from helpers import TINY_MODEL, dive_cli_argv, run_module, write_shards
 from open_clip_dive.errors import DiveUsageError
 from open_clip_dive.guards import MAX_SKIPS_IN_A_ROW, PassGuard, SkipGuard
 from open_clip_dive.main import main
@@ -146,3 +147,23 @@ def test_a_bad_label_found_mid_epoch_checkpoints_first_and_names_shard_and_key(t
     assert len(saved) == 1 and saved[0].startswith("epoch_0_step_"), saved  # the steps before it are kept
     log = (tmp_path / "late" / "out.log").read_text()
     assert "Stopping on bad data after step" in log and "fix the data, then --resume latest" in log
+
+
+def test_two_ranks_checkpoint_together_when_one_finds_bad_data_mid_epoch(tiny_data, tmp_path):
+    """One rank's shard has the bad label: the other must learn of it after the fetch (not wait in the step's
+    all-reduce), and both join the checkpoint before stopping."""
+    shards = write_shards(str(tmp_path / "late"), "late", 2, 16, num_classes=4, seed=4,
+                          extra=lambda s, j, label: {"cls": b"9"} if (s, j) == (1, 15) else {})
+    logs = tmp_path / "logs"
+    argv = dive_cli_argv(tiny_data, shards, logs, "late2", "--epochs", "1")[3:]  # drop `python -m module`
+    argv[argv.index("--logs"):argv.index("--logs") + 2] = ["--dive-logs", str(logs)]  # torchrun swallows --logs
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29583"]
+    result = run_module("open_clip_dive.main", argv, cwd=tmp_path, launcher=launcher, timeout=240)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("open_clip_dive: error:")]
+    assert any("late-000001.tar', sample 'late001_00015': class index 9 is out of range" in e for e in errors), errors
+    assert len(errors) == 2 and any(" stopped: another rank could not read its next batch" in e for e in errors), errors
+    saved = sorted(p.name for p in (logs / "late2" / "checkpoints").glob("*.pt"))
+    assert len(saved) == 1 and saved[0].startswith("epoch_0_step_"), saved
+    log = (logs / "late2" / "out.log").read_text()
+    assert "Stopping on bad data after step" in log

@@ -45,3 +45,22 @@ def test_channels_last_evaluation_gives_the_same_features(tmp_path):
         expected = base.encode_image(images)
         got = loaded.model.encode_image(images.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_bad_checkpoint_over_a_local_dir_model_is_named(tmp_path):
+    """The load error used to say 'could not load local-dir:... / None': the checkpoint was set aside as None."""
+    import pytest
+
+    from open_clip_dive.evaluate.models import ModelError
+
+    folder = tmp_path / "model"
+    base = write_local_dir(folder)
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"epoch": 1, "state_dict": base.state_dict()}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    other = tmp_path / "other.pt"
+    torch.save({"epoch": 1, "state_dict": {**base.state_dict(), "visual.extra_head.weight": torch.zeros(2)}}, other)
+    for path, reason in ((truncated, "could not load"), (other, "is for another architecture")):
+        with pytest.raises(ModelError) as e:
+            load_model("ft", f"local-dir:{folder}", str(path))
+        assert str(path) in str(e.value) and reason in str(e.value) and "None" not in str(e.value), e.value
