@@ -4,11 +4,12 @@
 import json
 
 import open_clip
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from helpers import TINY_MODEL_CFG
-from open_clip_dive.evaluate.models import load_model
+from open_clip_dive.evaluate.models import ModelError, load_model
 
 
 def write_local_dir(folder):
@@ -49,10 +50,6 @@ def test_channels_last_evaluation_gives_the_same_features(tmp_path):
 
 def test_a_bad_checkpoint_over_a_local_dir_model_is_named(tmp_path):
     """The load error used to say 'could not load local-dir:... / None': the checkpoint was set aside as None."""
-    import pytest
-
-    from open_clip_dive.evaluate.models import ModelError
-
     folder = tmp_path / "model"
     base = write_local_dir(folder)
     truncated = tmp_path / "truncated.pt"
