@@ -149,6 +149,11 @@ CORRUPTIONS_ALL = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blu
                    "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate"]
 
 
+def _mnist_keys(idx: np.ndarray) -> List[str]:
+    """Sample keys of the digits task: the image's index in the MNIST 5k file, so splits can be compared by key."""
+    return [f"mnist5k-{i:04d}" for i in idx]
+
+
 def _sets(limit: Optional[int], processes: int) -> Dict[str, Callable[[], dict]]:
     """name -> a function that returns write_array_shards keyword arguments for that set (lazy)."""
     cap = (lambda idx: idx[:limit]) if limit else (lambda idx: idx)
@@ -206,14 +211,15 @@ def _sets(limit: Optional[int], processes: int) -> Dict[str, Callable[[], dict]]
     def digits(which):
         x, y, c = loaded(("zs", "mnist"), D.mnist_5k)
         idx = digits_index(which)
-        return dict(images=x[idx], labels=y[idx], classnames=c, extra_files={"templates.json": TEMPLATES["digits"]})
+        return dict(images=x[idx], labels=y[idx], classnames=c, keys=_mnist_keys(idx),
+                    extra_files={"templates.json": TEMPLATES["digits"]})
 
     def digits_corrupt(name):
         x, y, c = loaded(("zs", "mnist"), D.mnist_5k)
         idx = digits_index("test")
         big = np.stack([_to_rgb_size(a, IMAGE_SIZE) for a in x[idx]])
         return dict(images=corrupt_images(big, name, processes=processes), labels=y[idx], classnames=c,
-                    extra_files={"templates.json": TEMPLATES["digits"]})
+                    keys=_mnist_keys(idx), extra_files={"templates.json": TEMPLATES["digits"]})
 
     def reference():
         from .corpus import reference_pairs
