@@ -188,3 +188,111 @@ def test_a_moved_build_gives_the_paths_where_it_now_is(tmp_path):
     assert moved["id_train"] == f"{new}/fashion-mnist-train/fashion-mnist-train-{{000000..000001}}.tar"
     assert moved["ood"] == {"c": f"{new}/c/c-000000.tar"}
     assert moved["id_name"] == "fashion-mnist" and moved["num_samples"] == layout["num_samples"]
+
+
+TASK_KEYS = {"id_name", "id_train", "id_val", "id_test", "classnames", "templates", "ood", "ood_shift", "zeroshot",
+             "zeroshot_dev", "suite", "suite_val", "rsa_data", "rsa_data_val"}
+# The Fashion-MNIST task's sets as the v1 recipe built them with limit=64 (the quickstart's --tiny), per set: a hash
+# of the keys, labels, captions and decoded pixels, in order. Pixels are left out where OpenCV or font rendering
+# make them (they may differ across CPUs / library builds). Earlier numbers stay comparable while these hold.
+FASHION_V1_TINY = {
+    "fashion-mnist-train": "64e48d8a5102e094", "fashion-mnist-val": "82291de718ed23e4",
+    "fashion-mnist-test": "9e5ba50f40fda4a5", "fashion-mnist-c-gaussian-noise": "21f8ba55fe5862d9",
+    "fashion-mnist-c-defocus-blur": "7dd8cf9a1e994ac7", "fashion-mnist-c-snow": "7dd8cf9a1e994ac7",
+    "fashion-mnist-c-contrast": "71470daf1d222a61", "fashion-mnist-inverted": "d096d3d997b9b68c",
+    "animal-mnist-test": "96294291c597ca02", "mnist-test": "0339f0a5f8226fec", "uci-digits-test": "e59e9d8e4710a6e2",
+    "emoji-twitter-test": "aa8c1bb51d23b85d", "animal-mnist-dev": "35de37344f31c413", "mnist-dev": "9da0482961a58136",
+    "uci-digits-dev": "eb137cd5f63e4b75", "emoji-twitter-dev": "86cedc4578c7cb3a",
+    "reference-captions": "c9f583bcd83ecef9"}
+NO_PIXELS = {"fashion-mnist-c-defocus-blur", "fashion-mnist-c-snow", "reference-captions"}
+
+
+def _fingerprint(pattern, pixels):
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in _samples(pattern):
+        h.update(s["__key__"].encode())
+        h.update(s.get("cls", b""))
+        h.update(s.get("txt", b""))
+        if pixels:
+            h.update(np.asarray(Image.open(io.BytesIO(s["png"]))).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _pixels(pattern):
+    return {np.asarray(Image.open(io.BytesIO(s["png"]))).tobytes() for s in _samples(pattern)}
+
+
+def test_tiny_build_has_both_tasks(tmp_path):
+    """The --tiny layout (quickstart's limit) holds the Fashion-MNIST and digits tasks with disjoint splits, the
+    natural shift (UCI digits) marked as such, per-task suites, and the Fashion-MNIST sets of the v1 recipe."""
+    require_default_packages()
+    from open_clip_dive.default.data import (DIGITS_SEED, DIGITS_SPLITS, _identity, _split, build_default_data,
+                                             default_data_dir)
+    from open_clip_dive.evaluate.suites import load_suite_file
+    from open_clip_dive.quickstart import TINY_SAMPLES
+
+    # a build of the v1 recipe (no digits task) in the same place is not reused
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "BUILD.json").write_text(json.dumps({"identity": dict(_identity(TINY_SAMPLES), version=1),
+                                                 "layout": {"num_samples": {}}}))
+    assert default_data_dir().endswith("data-v2")
+    layout = build_default_data(str(root), limit=TINY_SAMPLES, processes=1, progress=False)
+    tasks = layout["tasks"]
+    assert set(tasks) == {"fashion-mnist", "digits"} and all(set(t) == TASK_KEYS for t in tasks.values())
+    fashion, digits = tasks["fashion-mnist"], tasks["digits"]
+    for key in ("id_name", "id_train", "id_val", "id_test", "ood", "zeroshot", "zeroshot_dev", "classnames",
+                "templates", "suite", "suite_val"):  # the top-level keys are the Fashion-MNIST task's
+        assert layout[key] == fashion[key], key
+    assert set(fashion["ood_shift"].values()) == {"synthetic"} and set(fashion["ood_shift"]) == set(fashion["ood"])
+    assert digits["ood_shift"] == {"uci-digits": "natural", "digits-c-gaussian-noise": "synthetic",
+                                   "digits-c-snow": "synthetic"} and set(digits["ood"]) == set(digits["ood_shift"])
+    assert set(digits["zeroshot"]) == set(digits["zeroshot_dev"]) == {"fashion-mnist", "animal-mnist", "emoji-twitter"}
+    assert digits["zeroshot"]["fashion-mnist"] == fashion["id_test"]
+    assert digits["zeroshot_dev"]["fashion-mnist"] == fashion["id_val"]
+    assert json.load(open(digits["classnames"])) == list(D.DIGIT_CLASSES)
+    assert "handwritten" in " ".join(json.load(open(digits["templates"])))
+
+    # splits: the full MNIST 5k index split, and the tiny build's keys (MNIST 5k indices) and images
+    parts = _split(5000, DIGITS_SPLITS, DIGITS_SEED)
+    assert [len(p) for p in parts] == [3500, 500, 1000] and len(set(np.concatenate(parts))) == 5000
+    keys = {k: [s["__key__"] for s in _samples(digits[k])] for k in ("id_train", "id_val", "id_test")}
+    assert all(len(v) == TINY_SAMPLES for v in keys.values())
+    assert not set(keys["id_train"]) & set(keys["id_val"]) and not set(keys["id_test"]) & set(keys["id_train"] +
+                                                                                            keys["id_val"])
+    assert keys["id_test"][:3] == [f"mnist5k-{i:04d}" for i in parts[2][:3]]
+    for task in tasks.values():
+        train, val, test = (_pixels(task[k]) for k in ("id_train", "id_val", "id_test"))
+        assert not train & val and not train & test and not val & test, task["id_name"]
+        for name in task["zeroshot"]:
+            assert not _pixels(task["zeroshot"][name]) & _pixels(task["zeroshot_dev"][name]), name
+    # the corruptions are of the digits test images (same keys and labels, in order), at 96 px; UCI digits are 8x8
+    test = _samples(digits["id_test"])
+    for name in ("digits-c-gaussian-noise", "digits-c-snow"):
+        bad = _samples(digits["ood"][name])
+        assert [(s["__key__"], s["cls"]) for s in bad] == [(s["__key__"], s["cls"]) for s in test]
+        assert Image.open(io.BytesIO(bad[0]["png"])).size == (96, 96)
+    assert Image.open(io.BytesIO(_samples(digits["ood"]["uci-digits"])[0]["png"])).size == (8, 8)
+
+    # each task's suites list its sets in their groups, under the names the layout gives
+    for task in tasks.values():
+        specs = load_suite_file(task["suite"])
+        assert [(s.name, s.group) for s in specs] == ([(task["rsa_data"], "id")] + [(n, "ood") for n in task["ood"]]
+                                                     + [(n, "zeroshot") for n in task["zeroshot"]])
+        assert specs[0].path == task["id_test"]
+        assert specs[0].templates == json.load(open(task["templates"]))
+        val = load_suite_file(task["suite_val"])
+        assert [(s.name, s.group) for s in val] == ([(task["rsa_data_val"], "id")] +
+                                                    [(f"{n}-dev", "zeroshot") for n in task["zeroshot_dev"]])
+    assert digits["rsa_data"] == "digits" and fashion["rsa_data_val"] == "fashion-mnist-val"
+    by_name = {s.name: s for s in load_suite_file(digits["suite"])}
+    assert by_name["fashion-mnist"].templates == json.load(open(fashion["templates"]))  # each set keeps its prompts
+
+    # the Fashion-MNIST task's sets are those of the v1 recipe
+    sets = {"fashion-mnist-train": fashion["id_train"], "fashion-mnist-val": fashion["id_val"],
+            "fashion-mnist-test": fashion["id_test"], **fashion["ood"], "reference-captions": layout["reference"]}
+    sets.update({f"{n}-test": p for n, p in fashion["zeroshot"].items()})
+    sets.update({f"{n}-dev": p for n, p in fashion["zeroshot_dev"].items()})
+    assert {n: _fingerprint(p, n not in NO_PIXELS) for n, p in sets.items()} == FASHION_V1_TINY

@@ -5,22 +5,29 @@
 
 Built once into `$OPEN_CLIP_DIVE_CACHE/data-v<N>` (default `~/.cache/open_clip_dive/data-v<N>`), deterministic
 (fixed seeds), resumable (an interrupted build continues where it stopped), safe when several processes ask at
-once (a file lock; the others wait). The layout (docs/default_data.md says why):
+once (a file lock; the others wait). Two ID tasks share the sets (docs/default_data.md says why):
 
-  ID task        fashion-mnist-train (55,000) / -val (5,000): the Fashion-MNIST train split, seeded;
+task "fashion-mnist" (the top-level keys of the layout):
+  ID             fashion-mnist-train (55,000) / -val (5,000): the Fashion-MNIST train split, seeded;
                  fashion-mnist-test (10,000): the official test split
   OOD            fashion-mnist-c-<corruption> (2,000 each): the same 2,000 test images with an ImageNet-C
                  corruption at severity 3, applied at the model's 96 px; fashion-mnist-inverted (2,000):
                  the photo-negative (dark garment on light ground, the catalogue look)
   zero-shot      animal-mnist, mnist, uci-digits, emoji-twitter (9 emoji categories): test splits, plus
                  disjoint -dev splits for choosing hyper-parameters without touching the test splits
-  reference      reference-captions: emoji (Google style) and typeset glyphs with captions; the image-caption
+task "digits" (layout["tasks"]["digits"]):
+  ID             digits-train (3,500) / -val (500) / -test (1,000): the MNIST 5k subset, seeded, disjoint
+  OOD            uci-digits (the uci-digits-test set, 1,297): a natural shift (other writers, another scanner,
+                 8x8); digits-c-gaussian-noise / digits-c-snow: the 1,000 test images corrupted at 96 px
+  zero-shot      fashion-mnist (dev: fashion-mnist-val, test: fashion-mnist-test), animal-mnist, emoji-twitter
+both           reference-captions: emoji (Google style) and typeset glyphs with captions; the image-caption
                  set the default model was aligned on, and DiVE's reference stream
 
 Each set is one directory with `<set>-000000.tar ...`, sizes.json, classnames.json (class-labelled sets),
-templates.json (zero-shot prompt templates, '{}' = class name) and make_shards.json. Next to them:
-suite.json (ID test + OOD + zero-shot test, for `python -m open_clip_dive.evaluate --suite`), suite-val.json
-(ID val + zero-shot dev: for model selection) and BUILD.json (what was built; a stale build is rebuilt).
+templates.json (zero-shot prompt templates, '{}' = class name) and make_shards.json. Next to them, per task:
+suite.json / suite-digits.json (ID test + OOD + zero-shot test, for `python -m open_clip_dive.evaluate
+--suite`), suite-val.json / suite-digits-val.json (ID val + zero-shot dev: for model selection); and
+BUILD.json (what was built; a stale build is rebuilt).
 """
 
 import argparse
@@ -38,12 +45,16 @@ import numpy as np
 from . import datasets as D
 from ..tools.make_shards import ShardError, write_array_shards
 
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: the digits task
 SEED = 0
 CORRUPTIONS = ["gaussian_noise", "defocus_blur", "snow", "contrast"]  # one per ImageNet-C family
 SEVERITY = 3
 OOD_SIZE = 2000
 IMAGE_SIZE = 96  # the default model's input size; corruptions are applied at this size
+# the digits task: MNIST 5k split train / val / test; its OOD adds two corruptions of the test images
+DIGITS_SPLITS = [3500, 500, 1000]
+DIGITS_SEED = SEED + 4
+DIGITS_CORRUPTIONS = ["gaussian_noise", "snow"]  # the two that lowered the Fashion-MNIST zero-shot accuracy
 
 TEMPLATES = {
     "clothing": ["a photo of a {}.", "a black and white photo of a {}.", "a low resolution photo of a {}."],
@@ -59,6 +70,13 @@ ZEROSHOT = {
     "emoji-twitter": (lambda: D.emoji_categories("twitter"), "emoji", 500, None,
                       "npm emoji-datasource-twitter 16.0.0, 9 categories"),
 }
+
+
+# The zero-shot sets of the digits task: the sets above and Fashion-MNIST, whose dev split is the fashion task's
+# val set (from the train split) and whose test split is its test set (name -> (dev set, test set)).
+DIGITS_ZEROSHOT = {"fashion-mnist": ("fashion-mnist-val", "fashion-mnist-test"),
+                   "animal-mnist": ("animal-mnist-dev", "animal-mnist-test"),
+                   "emoji-twitter": ("emoji-twitter-dev", "emoji-twitter-test")}
 
 
 def default_data_dir() -> str:
@@ -131,6 +149,11 @@ CORRUPTIONS_ALL = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blu
                    "jpeg_compression", "speckle_noise", "gaussian_blur", "spatter", "saturate"]
 
 
+def _mnist_keys(idx: np.ndarray) -> List[str]:
+    """Sample keys of the digits task: the image's index in the MNIST 5k file, so splits can be compared by key."""
+    return [f"mnist5k-{i:04d}" for i in idx]
+
+
 def _sets(limit: Optional[int], processes: int) -> Dict[str, Callable[[], dict]]:
     """name -> a function that returns write_array_shards keyword arguments for that set (lazy)."""
     cap = (lambda idx: idx[:limit]) if limit else (lambda idx: idx)
@@ -169,15 +192,34 @@ def _sets(limit: Optional[int], processes: int) -> Dict[str, Callable[[], dict]]
         return dict(images=255 - x[idx], labels=y[idx], classnames=c,
                     extra_files={"templates.json": TEMPLATES["clothing"]})
 
+    def loaded(name, loader):
+        if name not in cache:
+            cache[name] = loader()
+        return cache[name]
+
     def zeroshot(name, part):
         loader, tmpl, dev, test, _ = ZEROSHOT[name]
-        key = ("zs", name)
-        if key not in cache:
-            cache[key] = loader()
-        x, y, c = cache[key]
+        x, y, c = loaded(("zs", name), loader)
         dev_idx, test_idx = _split(len(x), [dev, test], SEED + 2)
         idx = cap(dev_idx if part == "dev" else test_idx)
         return dict(images=x[idx], labels=y[idx], classnames=c, extra_files={"templates.json": TEMPLATES[tmpl]})
+
+    def digits_index(which):
+        x, _, _ = loaded(("zs", "mnist"), D.mnist_5k)
+        return cap(_split(len(x), DIGITS_SPLITS, DIGITS_SEED)[("train", "val", "test").index(which)])
+
+    def digits(which):
+        x, y, c = loaded(("zs", "mnist"), D.mnist_5k)
+        idx = digits_index(which)
+        return dict(images=x[idx], labels=y[idx], classnames=c, keys=_mnist_keys(idx),
+                    extra_files={"templates.json": TEMPLATES["digits"]})
+
+    def digits_corrupt(name):
+        x, y, c = loaded(("zs", "mnist"), D.mnist_5k)
+        idx = digits_index("test")
+        big = np.stack([_to_rgb_size(a, IMAGE_SIZE) for a in x[idx]])
+        return dict(images=corrupt_images(big, name, processes=processes), labels=y[idx], classnames=c,
+                    keys=_mnist_keys(idx), extra_files={"templates.json": TEMPLATES["digits"]})
 
     def reference():
         from .corpus import reference_pairs
@@ -194,6 +236,10 @@ def _sets(limit: Optional[int], processes: int) -> Dict[str, Callable[[], dict]]
     for name in ZEROSHOT:
         sets[f"{name}-test"] = lambda name=name: zeroshot(name, "test")
         sets[f"{name}-dev"] = lambda name=name: zeroshot(name, "dev")
+    for which in ("train", "val", "test"):
+        sets[f"digits-{which}"] = lambda which=which: digits(which)
+    for name in DIGITS_CORRUPTIONS:
+        sets[f"digits-c-{name.replace('_', '-')}"] = lambda name=name: digits_corrupt(name)
     sets["reference-captions"] = reference
     return sets
 
@@ -208,46 +254,65 @@ def _layout(root: str, sizes: Dict[str, Dict[str, int]]) -> dict:
 
         return shard_pattern(os.path.join(root, name), name, len(sizes[name]))
 
-    ood = [n for n in sizes if n.startswith("fashion-mnist-c-") or n == "fashion-mnist-inverted"]
+    def task(id_name, ood, zeroshot, suite):
+        """One ID task: its sets ({name: set}), its suite files and the suite names RSA is measured on."""
+        return {
+            "id_name": id_name,
+            "id_train": pattern(f"{id_name}-train"),
+            "id_val": pattern(f"{id_name}-val"),
+            "id_test": pattern(f"{id_name}-test"),
+            "classnames": os.path.join(root, f"{id_name}-train", "classnames.json"),
+            "templates": os.path.join(root, f"{id_name}-train", "templates.json"),
+            "ood": {n: pattern(s) for n, (s, _) in ood.items()},
+            "ood_shift": {n: shift for n, (_, shift) in ood.items()},
+            "zeroshot": {n: pattern(test) for n, (_, test) in zeroshot.items()},
+            "zeroshot_dev": {n: pattern(dev) for n, (dev, _) in zeroshot.items()},
+            "suite": os.path.join(root, f"{suite}.json"),
+            "suite_val": os.path.join(root, f"{suite}-val.json"),
+            "rsa_data": id_name,
+            "rsa_data_val": f"{id_name}-val",
+        }
+
+    fashion_ood = [n for n in sizes if n.startswith("fashion-mnist-c-") or n == "fashion-mnist-inverted"]
+    fashion = task("fashion-mnist", {n: (n, "synthetic") for n in fashion_ood},
+                   {n: (f"{n}-dev", f"{n}-test") for n in ZEROSHOT}, "suite")
+    digits_ood = {"uci-digits": ("uci-digits-test", "natural")}
+    digits_ood.update({n: (n, "synthetic") for n in sizes if n.startswith("digits-c-")})
+    digits = task("digits", digits_ood, DIGITS_ZEROSHOT, "suite-digits")
     return {
         "root": root,
-        "id_name": "fashion-mnist",
-        "id_train": pattern("fashion-mnist-train"),
-        "id_val": pattern("fashion-mnist-val"),
-        "id_test": pattern("fashion-mnist-test"),
-        "ood": {n: pattern(n) for n in ood},
-        "zeroshot": {n: pattern(f"{n}-test") for n in ZEROSHOT},
-        "zeroshot_dev": {n: pattern(f"{n}-dev") for n in ZEROSHOT},
+        **{k: fashion[k] for k in ("id_name", "id_train", "id_val", "id_test", "ood", "zeroshot", "zeroshot_dev")},
         "reference": pattern("reference-captions"),
-        "classnames": os.path.join(root, "fashion-mnist-train", "classnames.json"),
-        "templates": os.path.join(root, "fashion-mnist-train", "templates.json"),
-        "suite": os.path.join(root, "suite.json"),
-        "suite_val": os.path.join(root, "suite-val.json"),
+        **{k: fashion[k] for k in ("classnames", "templates", "suite", "suite_val")},
         "num_samples": {n: sum(v.values()) for n, v in sizes.items()},
+        "tasks": {"fashion-mnist": fashion, "digits": digits},
     }
 
 
 def _write_suites(root: str, layout: dict) -> None:
-    def entry(name, group, set_dir, pattern):
-        with open(os.path.join(root, set_dir, "templates.json")) as f:
+    def entry(name, group, pattern):
+        with open(os.path.join(os.path.dirname(pattern), "templates.json")) as f:
             templates = json.load(f)
         return {"name": name, "group": group, "path": os.path.relpath(pattern, root), "templates": templates,
                 "source": "open_clip_dive default data"}
 
-    test = [entry("fashion-mnist", "id", "fashion-mnist-test", layout["id_test"])]
-    test += [entry(n, "ood", n, p) for n, p in layout["ood"].items()]
-    test += [entry(n, "zeroshot", f"{n}-test", p) for n, p in layout["zeroshot"].items()]
-    val = [entry("fashion-mnist-val", "id", "fashion-mnist-val", layout["id_val"])]
-    val += [entry(f"{n}-dev", "zeroshot", f"{n}-dev", p) for n, p in layout["zeroshot_dev"].items()]
-    for fname, datasets in (("suite.json", test), ("suite-val.json", val)):
-        with open(os.path.join(root, fname), "w") as f:
-            json.dump({"name": f"open_clip_dive default ({fname[:-5]})", "datasets": datasets}, f, indent=1)
+    for task in layout["tasks"].values():
+        test = [entry(task["rsa_data"], "id", task["id_test"])]
+        test += [entry(n, "ood", p) for n, p in task["ood"].items()]
+        test += [entry(n, "zeroshot", p) for n, p in task["zeroshot"].items()]
+        val = [entry(task["rsa_data_val"], "id", task["id_val"])]
+        val += [entry(f"{n}-dev", "zeroshot", p) for n, p in task["zeroshot_dev"].items()]
+        for path, datasets in ((task["suite"], test), (task["suite_val"], val)):
+            with open(path, "w") as f:
+                name = os.path.basename(path)[:-5]
+                json.dump({"name": f"open_clip_dive default ({name})", "datasets": datasets}, f, indent=1)
 
 
 def _identity(limit: Optional[int]) -> dict:
     return {"version": DATA_VERSION, "seed": SEED, "limit": limit, "corruptions": CORRUPTIONS,
             "severity": SEVERITY, "ood_size": OOD_SIZE, "image_size": IMAGE_SIZE, "templates": TEMPLATES,
-            "emoji": D.EMOJI_VERSION}
+            "emoji": D.EMOJI_VERSION, "digits_splits": DIGITS_SPLITS, "digits_seed": DIGITS_SEED,
+            "digits_corruptions": DIGITS_CORRUPTIONS}
 
 
 def _moved(layout: dict, root: str) -> dict:
@@ -339,7 +404,10 @@ def get_default_data(root: Optional[str] = None, **kwargs) -> dict:
     root; id_name; id_train / id_val / id_test (brace patterns of shards); ood {name: pattern};
     zeroshot {name: pattern}; zeroshot_dev {name: pattern}; reference (image-caption shards);
     classnames / templates (files of the ID task); suite / suite_val (evaluation suite files);
-    num_samples {set: count}."""
+    num_samples {set: count}. These describe the Fashion-MNIST task; tasks {task: {...}} describes every ID task
+    ("fashion-mnist", "digits") with the keys id_name, id_train, id_val, id_test, classnames, templates,
+    ood, ood_shift {name: "natural" | "synthetic"}, zeroshot, zeroshot_dev, suite, suite_val and
+    rsa_data / rsa_data_val (the suite names of the ID test / val set)."""
     return build_default_data(root, **kwargs)
 
 
@@ -352,7 +420,8 @@ def main(argv=None) -> int:
     ap.add_argument("--processes", "-j", type=int, default=None, help="worker processes (default: min(4, CPUs))")
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     ap.add_argument("--get", default=None, metavar="KEY",
-                    help="print only this entry of the layout (e.g. id_train, reference, suite, ood.NAME)")
+                    help="print only this entry of the layout (e.g. id_train, reference, suite, ood.NAME, "
+                         "tasks.digits.id_train)")
     args = ap.parse_args(argv)
     from ..errors import DiveUsageError
 
