@@ -11,6 +11,14 @@ def round3(x: float) -> float:
     return float(f"{x:.3g}")
 
 
+def half_decade_step(w: float, direction: int) -> float:
+    """w x 10^(direction / 2), landing exactly on the half-decade points (0.316 / sqrt(10) is 0.1, not 0.0999)."""
+    k = 2 * math.log10(w) + direction
+    if abs(k - round(k)) < 0.01:
+        return round3(10 ** (round(k) / 2))
+    return round3(w * HALF_DECADE ** direction)
+
+
 def best_weight(scores: Dict[float, float]) -> float:
     """The weight with the highest validation score; on a tie the smaller weight (the weaker constraint)."""
     return max(sorted(scores), key=lambda w: scores[w])
@@ -24,9 +32,9 @@ def extension(scores: Dict[float, float]) -> Optional[float]:
     grid = sorted(scores)
     best = best_weight(scores)
     if best == grid[0]:
-        return round3(best / HALF_DECADE)
+        return half_decade_step(best, -1)
     if best == grid[-1]:
-        return round3(best * HALF_DECADE)
+        return half_decade_step(best, +1)
     return None
 
 
