@@ -27,7 +27,7 @@ import time
 
 from .bench import methods as M
 from .bench.plan import best_of, best_weight, extension, is_interior, parse_grid_overrides, seeds_of
-from .bench.runner import Job, Runner, parse_only
+from .bench.runner import Job, JobsFailed, Runner, parse_only
 from .bench.tasks import tasks_of
 from .errors import DiveUsageError
 from .experiment import Recipe, checkpoint_of, evaluate_command, linear_probe_command, train_command
@@ -295,6 +295,9 @@ def main(argv=None) -> int:
     except DiveUsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except JobsFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def run(args) -> int:

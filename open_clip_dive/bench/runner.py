@@ -19,6 +19,10 @@ from ..experiment import python_env
 SELECTOR_KEYS = ("task", "method", "seed")
 
 
+class JobsFailed(RuntimeError):
+    """Some jobs failed; the others finished and are kept."""
+
+
 @dataclass
 class Job:
     name: str  # unique in the work dir
@@ -124,5 +128,5 @@ class Runner:
                         errors.append(j.name)
                         self.log(f"[minibench] FAILED {j.name}: {e}")
         if errors:
-            raise RuntimeError(f"{len(errors)} job(s) failed: {', '.join(errors)} (their logs are in {self.work}); "
+            raise JobsFailed(f"{len(errors)} job(s) failed: {', '.join(errors)} (their logs are in {self.work}); "
                                "rerun the same command to retry them, finished jobs are kept")
