@@ -33,7 +33,7 @@ from .errors import DiveUsageError
 from .experiment import Recipe, checkpoint_of, evaluate_command, linear_probe_command, train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EVAL_CHUNK = 8  # fine-tuned runs per evaluation process (each also evaluates the pre-trained model once)
+EVAL_CHUNK = 12  # fine-tuned runs per evaluation process (each also evaluates the pre-trained model once)
 
 
 def parse_args(argv):
@@ -44,10 +44,11 @@ def parse_args(argv):
     g.add_argument("--work-dir", default=None, help="runs, evaluations and logs (default: <output>/work); "
                    "sittings that share it reuse each other's finished jobs")
     g = p.add_argument_group("recipe (every method, every task)")
-    g.add_argument("--steps", type=int, default=Recipe.steps, help="optimizer steps per run")
+    g.add_argument("--steps", type=int, default=80, help="optimizer steps per run")
     g.add_argument("--epochs", type=int, default=4, help="the steps split into this many short epochs; the "
                    "validation suite is evaluated after each (the learning curve; the last one selects)")
-    g.add_argument("--batch-size", type=int, default=Recipe.batch_size, help="ID and reference batch size")
+    g.add_argument("--batch-size", type=int, default=16, help="ID and reference batch size (16: the plan fits "
+                   "150 min on 2 cores; the quickstart trains at 32)")
     g.add_argument("--lr", type=float, default=Recipe.lr)
     g.add_argument("--warmup", type=int, default=Recipe.warmup)
     g = p.add_argument_group("what is run")
@@ -62,8 +63,8 @@ def parse_args(argv):
     g.add_argument("--seeds", type=int, default=3, help="seeds of FLYP, vanilla FT, DiVE and the best baseline")
     g.add_argument("--seeds-rest", type=int, default=1, help="seeds of every other configuration")
     g.add_argument("--wise-ft", default="0,0.25,0.5,0.75,1", help="WiSE-FT alphas of FLYP and vanilla FT")
-    g.add_argument("--max-eval-samples", type=int, default=1000, help="first N samples of every test set; 0 = all")
-    g.add_argument("--val-samples", type=int, default=1000,
+    g.add_argument("--max-eval-samples", type=int, default=500, help="first N samples of every test set; 0 = all")
+    g.add_argument("--val-samples", type=int, default=500,
                    help="first N samples of every validation set (in-training evaluation); 0 = all")
     g.add_argument("--lp-samples", type=int, default=2000, help="ID train / val samples of LP-FT's linear probe")
     g = p.add_argument_group("how it runs")
@@ -264,8 +265,8 @@ class Bench:
             for s in range(self.args.seeds):
                 wise = [c.with_seed(s) for row, c in rows.items() if row in M.WISE_FT_METHODS and s in seeds[row]]
                 rest = [c.with_seed(s) for row, c in rows.items() if row not in M.WISE_FT_METHODS and s in seeds[row]]
-                if s == 0:  # the weight curves: every grid run of the selection
-                    rest += [c for (task, m), cs in self.grids.items() if task == t for c in cs]
+                if s == 0:  # DiVE's weight curve: every run of its selection grid
+                    rest += self.grids.get((t, "dive"), [])
                 rest = list(dict.fromkeys(rest))
                 if wise:
                     jobs.append(self.eval_job(t, s, wise, self.args.wise_ft))
