@@ -181,7 +181,8 @@ class Bench:
             return None
         curve = self.val_curve(c)
         if not curve or curve[-1][0] != self.recipe.epochs:
-            raise RuntimeError(f"{c.task}/{c.name}: finished without its last in-training evaluation")
+            raise JobsFailed(f"{c.task}/{c.name} finished without its last in-training evaluation (see its log "
+                             f"{self.task_dir(c.task)}/logs/train_{c.name}.log); delete its run folder to train it again")
         return (curve[-1][1] + curve[-1][2]) / 2
 
     # --- phases ------------------------------------------------------------------------------------------------
@@ -232,8 +233,8 @@ class Bench:
 
     def best_baseline(self, task):
         scores = {}
-        for m in M.BASELINES:
-            c = self.selected_config(task, m) if m in self.methods else None
+        for m in [m for m in M.BASELINES if m in self.methods]:
+            c = self.selected_config(task, m)
             if c is None:
                 return None  # not all baselines are selected yet: decided in a later sitting
             scores[m] = self.val_score(c)

@@ -49,8 +49,9 @@ def plot_frontiers(task: str, frontiers: Dict[str, Dict[str, List]], weight_curv
     files = {}
     os.makedirs(out_dir, exist_ok=True)
     for y, title in FRONTIER_Y:
-        if not any(frontiers[f].get(y) for f in frontiers) and not weight_curve:
-            continue
+        pts = [(w, r) for w, r in weight_curve if r["id"]["mean"] is not None and r[y]["mean"] is not None]
+        if not any(frontiers[f].get(y) for f in frontiers) and not pts:
+            continue  # e.g. no natural OOD set in this task
         fig, ax = plt.subplots(figsize=(8, 5.5))
         for name, by_y in frontiers.items():
             curve = by_y.get(y) or []
@@ -59,7 +60,6 @@ def plot_frontiers(task: str, frontiers: Dict[str, Dict[str, List]], weight_curv
                             yerr=[c[4] or 0 for c in curve], marker="o", capsize=3, label=f"{name} + WiSE-FT")
                 for a, x, yy, _, _ in curve:
                     ax.annotate(f"α={a:g}", (x, yy), textcoords="offset points", xytext=(4, -10), fontsize=7)
-        pts = [(w, r) for w, r in weight_curve if r["id"]["mean"] is not None and r[y]["mean"] is not None]
         if pts:
             ax.errorbar([r["id"]["mean"] for _, r in pts], [r[y]["mean"] for _, r in pts],
                         xerr=[r["id"]["se"] or 0 for _, r in pts], yerr=[r[y]["se"] or 0 for _, r in pts],
