@@ -184,6 +184,19 @@ def _claims_table(claims):
     return _table(["claim", "paper (ViT-B/16, ImageNet)", "here (mean ± SE)", "at this error"], body)
 
 
+def _cost_table(ledger):
+    """Trainings per method, evaluations and linear probes: count and mean wall seconds."""
+    kinds = {}
+    for j in ledger:
+        name = j["job"].split("/", 1)[-1]
+        kind = ("evaluation" if name.startswith("eval-") else "linear probe" if name == "lp-head"
+                else "train " + next((m for m in sorted(M.METHODS, key=len, reverse=True) if name.startswith(m + "-")),
+                                     name))
+        kinds.setdefault(kind, []).append(j["seconds"])
+    return _table(["job", "count", "mean s", "total min"],
+                  [[k, str(len(v)), f"{sum(v) / len(v):.0f}", f"{sum(v) / 60:.1f}"] for k, v in sorted(kinds.items())])
+
+
 def write_page(bench, args):
     import open_clip
     import torch
@@ -248,6 +261,10 @@ def write_page(bench, args):
                  ["run length, recipe, grids, WiSE-FT alphas", "fixed before the run (not tuned)"],
                  ["test splits (ID test, OOD, zero-shot test)", "nothing: reported only"]]), ""]
     parts += [task_markdown(t, res, bench) for t, res in results.items()]
+    parts += ["## Cost (measured: every job's wall time, <work>/ledger.jsonl)", "", _cost_table(ledger), "",
+              f"Job time {sum(j['seconds'] for j in ledger) / 60:.1f} min over {len(ledger)} jobs, {args.jobs} at a "
+              f"time: {wall / 60:.1f} min wall-clock. Niced or shared-machine sittings read slower than an idle one.",
+              ""]
     parts += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write("\n".join(parts))
