@@ -2,6 +2,7 @@
 
 from typing import Dict, List, Optional
 
+from .methods import LABELS
 from .stats import diff_se, judge
 
 PARITY = 1.0  # points: "matches FLYP in distribution" / "keeps zero-shot" allow this much
@@ -39,9 +40,9 @@ CLAIMS = [
 ORDER = {"snd": ("60.7", "54.4"), "replay": ("61.3 (ARF)", "55.6 (ARF)"), "lipsum": ("61.0 (third party)", "—"),
          "car-ft": ("—", "—"), "lp-ft": ("60.3", "—"), "ce": ("54.9", "—")}
 for _b, (_ood, _zs) in ORDER.items():
-    CLAIMS.append((f"order-{_b}-ood", f"DiVE beats {_b} out of distribution", f"63.2 vs {_ood}", "dive", _b, "ood",
+    CLAIMS.append((f"order-{_b}-ood", f"DiVE beats {LABELS[_b]} out of distribution", f"63.2 vs {_ood}", "dive", _b, "ood",
                    "greater"))
-    CLAIMS.append((f"order-{_b}-zs", f"DiVE beats {_b} zero-shot", f"63.7 vs {_zs}", "dive", _b, "zs", "greater"))
+    CLAIMS.append((f"order-{_b}-zs", f"DiVE beats {LABELS[_b]} zero-shot", f"63.7 vs {_zs}", "dive", _b, "zs", "greater"))
 
 
 def _side(rows: Dict, pretrained: Optional[Dict], side, metric):

@@ -116,7 +116,7 @@ def task_markdown(name, res, bench):
         dz = None if not pre or r["zs"]["mean"] is None else r["zs"]["mean"] - pre["zs"]
         body.append([_row_label(row, bench.plan[name]["rows"][row])]
                     + [fmt(r["datasets"].get(n, {}).get("mean"), r["datasets"].get(n, {}).get("se")) for n in zs]
-                    + [_cell(r["zs"]), fmt(dz, r["zs"]["se"]), _cell(r["rsa"], 3)])
+                    + [_cell(r["zs"]), fmt(dz, r["zs"]["se"], 1, r["zs"]["borrowed"]), _cell(r["rsa"], 3)])
     lines += ["### Zero-shot (top-1 %, held-out tasks) and RSA", "", _table(head, body), "",
               "± = standard error of the mean over training seeds; ‡ = one seed, its SE borrowed from the pooled "
               "seed-to-seed deviation of this task's multi-seed rows (an estimate, not a measurement).", ""]
