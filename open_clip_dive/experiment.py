@@ -24,6 +24,9 @@ class Recipe:
     templates: Optional[str] = None  # default: the ID task's templates.json
     workers: int = 1
     seed: int = 0
+    epochs: int = 1  # several short epochs: the in-training evaluation after each draws the learning curve
+    eval_max_samples: Optional[int] = None  # per set of the in-training evaluation suite
+    log_every: int = 25
     # BatchNorm statistics frozen for every method (the paper's ViTs have none): otherwise FLYP and replay would
     # re-estimate them on Fashion-MNIST batches while the frozen-model losses keep them (--dive-bn-eval's default)
     bn_eval: bool = True
@@ -55,32 +58,62 @@ def run(cmd: List[str], log_path: str, commands: Optional[List[str]] = None) -> 
     return time.time() - start
 
 
+def weight_flags(loss: str) -> List[str]:
+    """The command-line weight flags of a registry loss (DiVE: AVL and PVL, which take one weight together)."""
+    from .losses import loss_flags
+
+    return ["--" + f.replace("_", "-") for f in loss_flags(loss) or () if f.endswith("_weight")]
+
+
 def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str, recipe: Recipe,
-                  avl_weight: float = 0.0, pvl_weight: float = 0.0, reduction: str = "sum") -> List[str]:
+                  weight: Optional[float] = None, reduction: str = "sum", head_init: Optional[str] = None,
+                  eval_suite: Optional[str] = None) -> List[str]:
+    """`python -m open_clip_dive.main` for any registry loss on one ID task of the embedded default.
+
+    data: id_train, classnames, templates and reference (shards / files). weight: the value of every weight flag
+    the loss reads (required for those that read one). reduction: --dive-reduction for the losses that read it.
+    head_init: --dive-head-init (lp-ft's linear probe). eval_suite: evaluated after every epoch (the curve)."""
+    from .losses import loss_flags, loss_uses_reference
+
+    flags = loss_flags(loss) or ()
+    if recipe.steps % recipe.epochs:
+        raise ValueError(f"steps {recipe.steps} is not a multiple of epochs {recipe.epochs}")
+    samples = recipe.steps // recipe.epochs * recipe.batch_size
     cmd = [sys.executable, "-m", "open_clip_dive.main",
            "--model", f"local-dir:{model_dir}", "--train-data", data["id_train"], "--classnames", data["classnames"],
            "--templates", recipe.templates or data["templates"], "--dataset-resampled",
-           "--train-num-samples", str(recipe.steps * recipe.batch_size), "--epochs", "1",
+           "--train-num-samples", str(samples), "--epochs", str(recipe.epochs),
            "--batch-size", str(recipe.batch_size), "--lr", str(recipe.lr), "--wd", str(recipe.wd),
            "--warmup", str(recipe.warmup), "--lr-scheduler", "cosine", "--precision", recipe.precision, "--device", recipe.device,
            "--workers", str(recipe.workers), "--seed", str(recipe.seed), "--logs", out_dir, "--name", name,
-           "--report-to", "none", "--log-every-n-steps", "25", "--save-frequency", "1", "--loss", loss,
+           "--report-to", "none", "--log-every-n-steps", str(recipe.log_every), "--save-frequency", str(recipe.epochs),
+           "--loss", loss,
            "--dive-bn-eval" if recipe.bn_eval else "--no-dive-bn-eval",
            "--dive-deterministic" if recipe.deterministic else "--no-dive-deterministic"]
-    if loss != "flyp":
+    if loss_uses_reference(loss):
         cmd += ["--dive-ref-data", data["reference"], "--dive-ref-batch-size", str(recipe.ref_batch_size),
                 "--dive-ref-workers", str(recipe.workers)]
-    if loss == "replay":
-        cmd += ["--dive-replay-weight", "1"]
-    elif loss in ("snd", "avl"):
-        cmd += ["--dive-avl-weight", f"{avl_weight:g}"]
-    elif loss == "pvl":
-        cmd += ["--dive-pvl-weight", f"{pvl_weight:g}"]
-    elif loss == "dive":
-        cmd += ["--dive-avl-weight", f"{avl_weight:g}", "--dive-pvl-weight", f"{pvl_weight:g}"]
-    if loss != "flyp" and loss != "replay" and reduction != "sum":
+    for flag in weight_flags(loss):
+        if weight is None:
+            raise ValueError(f"--loss {loss} reads {flag}: give its weight")
+        cmd += [flag, f"{weight:g}"]
+    if "dive_reduction" in flags and reduction != "sum":
         cmd += ["--dive-reduction", reduction]
+    if head_init:
+        cmd += ["--dive-head-init", head_init]
+    if eval_suite:
+        cmd += ["--dive-eval-suite", eval_suite]
+        if recipe.eval_max_samples:
+            cmd += ["--dive-eval-max-samples", str(recipe.eval_max_samples)]
     return cmd + recipe.extra
+
+
+def linear_probe_command(model_dir: str, data: dict, output: str, max_samples: Optional[int] = None) -> List[str]:
+    """The LP of LP-FT: a head fitted on frozen features of the ID train split, C chosen on its val split."""
+    cmd = [sys.executable, "-m", "open_clip_dive.tools.linear_probe", "--model", f"local-dir:{model_dir}",
+           "--pretrained", f"local-dir:{model_dir}", "--train-data", data["id_train"], "--val-data", data["id_val"],
+           "--classnames", data["classnames"], "--output", output, "--device", "cpu", "--workers", "1"]
+    return cmd + (["--max-samples", str(max_samples)] if max_samples else [])
 
 
 def evaluate_command(model_dir: str, runs: Dict[str, str], suite: str, out_dir: str, rsa_data: str,
@@ -99,5 +132,5 @@ def evaluate_command(model_dir: str, runs: Dict[str, str], suite: str, out_dir: 
     return cmd
 
 
-def checkpoint_of(out_dir: str, name: str) -> str:
-    return os.path.join(out_dir, name, "checkpoints", "epoch_1.pt")
+def checkpoint_of(out_dir: str, name: str, epochs: int = 1) -> str:
+    return os.path.join(out_dir, name, "checkpoints", f"epoch_{epochs}.pt")

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             print(f"[quickstart] {name}: reusing {checkpoint_of(runs_dir, name)}")
         else:
             os.makedirs(runs_dir, exist_ok=True)
-            cmd = train_command(model_dir, data, runs_dir, name, loss, recipe, weight, weight)
+            cmd = train_command(model_dir, data, runs_dir, name, loss, recipe, weight)
             seconds = run(cmd, os.path.join(args.output, f"train_{name}.log"), commands)
             print(f"[quickstart] {name}: {seconds:.0f} s", flush=True)
         checkpoints[name] = checkpoint_of(runs_dir, name)

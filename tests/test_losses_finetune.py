@@ -82,7 +82,7 @@ def test_lipsum_regulariser_value_and_gradient():
 
 def test_lipsum_texts_are_random_tokens_fresh_every_step_and_reproducible():
     loss = LipsumLoss(NAMES, [], weight=1.0, num_texts=4, num_tokens=5, seed=7)
-    loss._tokens = (49406, 49407, 16)
+    loss._tokens = (49406, 49407, 16, None)
     first = loss.frozen_id_texts(None)
     assert first.shape == (4, 16)
     assert (first[:, 0] == 49406).all() and (first[:, 6] == 49407).all() and (first[:, 7:] == 0).all()
@@ -94,6 +94,30 @@ def test_lipsum_texts_are_random_tokens_fresh_every_step_and_reproducible():
     again._tokens = loss._tokens
     again.load_state_dict(loss.state_dict(), strict=False)  # a resumed run draws what the uninterrupted one drew
     assert torch.equal(again.frozen_id_texts(None), loss.frozen_id_texts(None))
+
+
+def test_lipsum_texts_with_a_hugging_face_tokenizer():
+    """The embedded default's text tower is MiniLM (open_clip's HFTokenizer, BERT ids): [CLS] random ordinary
+    tokens [SEP], padding after; never a special id (padding inside a text would be masked by the tower)."""
+    from open_clip_dive.losses.regularizers import text_token_ids
+
+    class Vocab:  # the attributes of a transformers BERT tokenizer that the loss reads
+        cls_token_id, sep_token_id, all_special_ids = 101, 102, [0, 100, 101, 102, 103]
+
+        def __len__(self):
+            return 120
+
+    hf = argparse.Namespace(tokenizer=Vocab(), context_length=12)
+    sot, eot, ordinary = text_token_ids(hf)
+    assert (sot, eot) == (101, 102) and len(ordinary) == 115 and not set(ordinary.tolist()) & {0, 100, 101, 102, 103}
+    assert text_token_ids(argparse.Namespace()) == (None, None, None)
+    loss = LipsumLoss(NAMES, [], weight=1.0, num_texts=50, num_tokens=6, seed=3)
+    loss._tokens = (sot, eot, 12, ordinary)
+    texts = loss.frozen_id_texts(None)
+    assert (texts[:, 0] == 101).all() and (texts[:, 7] == 102).all() and (texts[:, 8:] == 0).all()
+    body = texts[:, 1:7]
+    assert not torch.isin(body, torch.tensor([0, 100, 101, 102, 103])).any() and body.max() < 120
+    assert len(body.unique()) > 50  # drawn over the vocabulary, not a constant
 
 
 def test_car_ft_regulariser_value_and_gradient():

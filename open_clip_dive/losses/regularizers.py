@@ -21,11 +21,27 @@ from .classifier import CrossEntropyLoss
 from .dive import ReferenceLoss
 
 
+def text_token_ids(tokenizer):
+    """(first id, last id, ordinary ids or None) of a text: open_clip's CLIP tokenizer (sot, eot; the ordinary ids are
+    those below them) or an open_clip HFTokenizer (cls, sep; the ordinary ids are every id but the special ones:
+    padding, which the text tower masks, among them). (None, None, None) for anything else."""
+    sot, eot = getattr(tokenizer, "sot_token_id", None), getattr(tokenizer, "eot_token_id", None)
+    if sot is not None and eot is not None:
+        return sot, eot, None
+    hf = getattr(tokenizer, "tokenizer", None)
+    cls, sep = getattr(hf, "cls_token_id", None), getattr(hf, "sep_token_id", None)
+    if cls is None or sep is None:
+        return None, None, None
+    special = set(hf.all_special_ids)
+    return cls, sep, torch.tensor([i for i in range(len(hf)) if i not in special], dtype=torch.long)
+
+
 class LipsumLoss(CrossEntropyLoss):
     """ce + weight * (1/2M) ||v_ft - v_pre||^2, v_m = exp(logit_scale_pre) * <f(x), g(t_m)> for M random texts.
 
     Inferred: v uses the normalised embeddings scaled by the pre-trained logit scale (the zero-shot logits against
-    the random texts); each text is [SOT, L tokens drawn uniformly from the ordinary vocabulary, EOT]; the draw is
+    the random texts); each text is [SOT, L tokens drawn uniformly from the ordinary vocabulary, EOT] ([CLS] ... [SEP]
+    with a Hugging Face tokenizer); the draw is
     seeded by (--seed, optimizer step), so every micro-batch and rank of a step sees the same texts and a resumed
     run draws what the uninterrupted one drew.
     """
@@ -41,22 +57,28 @@ class LipsumLoss(CrossEntropyLoss):
 
     def init_from_model(self, model, tokenizer):
         super().init_from_model(model, tokenizer)
-        sot, eot = getattr(tokenizer, "sot_token_id", None), getattr(tokenizer, "eot_token_id", None)
+        sot, eot, ordinary = text_token_ids(tokenizer)
         length = getattr(tokenizer, "context_length", None)
-        if sot is None or eot is None or length is None:
-            raise DiveUsageError(f"--loss lipsum draws random token texts for open_clip's CLIP tokenizer; the tokenizer "
-                                 f"of this model ({type(tokenizer).__name__}) has no sot/eot token ids")
+        if sot is None or length is None:
+            raise DiveUsageError(f"--loss lipsum draws random token texts; the tokenizer of this model "
+                                 f"({type(tokenizer).__name__}) has neither sot/eot (CLIP) nor cls/sep (Hugging Face) "
+                                 "token ids")
         if self.num_tokens + 2 > length:
             raise DiveUsageError(f"--dive-lipsum-tokens {self.num_tokens}: at most {length - 2} for a context length "
                                  f"of {length}")
-        self._tokens = (sot, eot, length)
+        self._tokens = (sot, eot, length, ordinary)
 
     def random_texts(self) -> torch.Tensor:
-        sot, eot, length = self._tokens
+        sot, eot, length, ordinary = self._tokens
         g = torch.Generator().manual_seed(stable_hash("lipsum", self.seed, int(self.steps)) % 2**63)
         tokens = torch.zeros(self.num_texts, length, dtype=torch.long)
         tokens[:, 0] = sot
-        tokens[:, 1:self.num_tokens + 1] = torch.randint(0, min(sot, eot), (self.num_texts, self.num_tokens), generator=g)
+        if ordinary is None:  # CLIP's tokenizer: every id below sot / eot is an ordinary token
+            tokens[:, 1:self.num_tokens + 1] = torch.randint(0, min(sot, eot), (self.num_texts, self.num_tokens),
+                                                             generator=g)
+        else:
+            pick = torch.randint(0, len(ordinary), (self.num_texts, self.num_tokens), generator=g)
+            tokens[:, 1:self.num_tokens + 1] = ordinary[pick]
         tokens[:, self.num_tokens + 1] = eot
         return tokens
 
