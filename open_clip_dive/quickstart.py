@@ -47,14 +47,15 @@ TINY_SAMPLES = 64  # per set, for --tiny
 
 def prepare(tiny: bool):
     """(model directory, data layout) of the embedded default, built on first use (cached afterwards)."""
-    from .default.data import get_default_data
+    from .default.data import DATA_VERSION, get_default_data
     from .default.datasets import cache_root
     from .default.model import build_default_model, get_default_model_dir, relocate
 
     if not tiny:
         return get_default_model_dir(), get_default_data()
     root = os.path.join(cache_root(), "tiny")
-    data = get_default_data(os.path.join(root, "data"), limit=TINY_SAMPLES, progress=False)
+    # versioned like the full build, so a cache left by older code is not read as this version's
+    data = get_default_data(os.path.join(root, f"data-v{DATA_VERSION}"), limit=TINY_SAMPLES, progress=False)
     model_dir = os.path.join(root, "model")
     if not os.path.isfile(os.path.join(model_dir, "BUILD.json")):
         build_default_model(model_dir, limit=TINY_SAMPLES, recipe={"steps": 5}, progress=False)

@@ -15,6 +15,12 @@ from .frontier import FRONTIER_Y, gaps, plot_curves, plot_frontiers, wise_curve
 from .stats import fmt, judge, mean_se
 
 
+# analysis.md is written by hand after a run (the generator never writes it): what the numbers mean, what was
+# tried where a claim fails
+ANALYSIS_LINK = ("**Reading of these numbers, and what was tried where a claim does not hold:** "
+                 "[analysis.md](analysis.md) (by hand; every number there is from this page).")
+
+
 def _row_label(row, config):
     w = "" if config.weight is None else f" (λ {config.weight:g})"
     return f"{M.LABELS.get(row, row)}{w}"
@@ -167,7 +173,8 @@ def task_markdown(name, res, bench):
         tried = ", ".join(f"{m}: λ {', '.join(f'{w:g}' for w in sorted(e['scores']))}" for m, e in res["selection"].items())
         lines += ["Where a claim does not hold, what this benchmark tried: every λ of the grids (" + tried + "), the "
                   "paper's λ under both reductions (rows above), the natural / synthetic OOD split and the weight "
-                  "curve against the frontier; what was tried beyond that is written next to this table by hand.", ""]
+                  "curve against the frontier; what was tried beyond that is in [analysis.md](analysis.md), written by hand.",
+                  ""]
     return "\n".join(lines)
 
 
@@ -245,6 +252,7 @@ def write_page(bench, args):
              f"{len(sittings)} sitting(s), **{wall / 60:.1f} min** wall-clock in all ({args.jobs} runs side by side, "
              f"{bench.runner.threads} thread(s) each); every command is in `commands.sh`, settings and selection "
              "scores in `run.json`, every number in `results.json` / `results.csv`, plots in `plots/`.", "",
+             *([ANALYSIS_LINK, ""] if os.path.isfile(os.path.join(out, "analysis.md")) else []),
              "## Setup", "",
              f"- Recipe, every method and task: {r.steps} steps in {r.epochs} epochs, batch {r.batch_size} ID + "
              f"{r.ref_batch_size} reference, AdamW lr {r.lr:g}, wd {r.wd:g}, cosine, {r.warmup} warmup steps, fp32, "
