@@ -79,7 +79,8 @@ def task_results(bench, task, out_dir):
     m_ratio = mean_se([tr[-1]["ema_norm"] / max(1e-12, (tr[-1]["u_norm"] + tr[-1]["v_norm"]) / 2)
                        for tr in norms.values() if tr])
     return {"task": t, "pretrained": pretrained, "rows": rows, "missing": missing, "frontiers": frontiers,
-            "dive_gaps": dive_gaps, "weight_curve_gaps": curve_gaps, "claims": judge_claims(rows, pretrained),
+            "dive_gaps": dive_gaps, "weight_curve_gaps": curve_gaps, "weight_curve": weight_curve,
+            "claims": judge_claims(rows, pretrained),
             "selection": bench.selection.get(task, {}), "best_baseline": plan["best_baseline"],
             "val_curves": curves, "flyp_last_epoch_gain": flyp_gain,
             "m_over_diff_norm": {"mean": m_ratio[0], "se": m_ratio[1], "n": m_ratio[2]},
@@ -131,18 +132,32 @@ def task_markdown(name, res, bench):
         if y in res["plots"]:
             lines.append(f"![ID vs {title}]({res['plots'][y]})")
     body = []
+    def outside(front, y, row):
+        """The cells of a point whose ID accuracy lies outside the frontier's ID range (no interpolation there)."""
+        curve = res["frontiers"].get(front, {}).get(y) or []
+        if not curve or row is None or row["id"]["mean"] is None:
+            return ["—", "—", "—"]
+        lo, hi = min(c[1] for c in curve), max(c[1] for c in curve)
+        end = max(curve, key=lambda c: c[1])
+        return [f"— (ID {row['id']['mean']:.1f} outside {lo:.1f}–{hi:.1f}; its end: {end[2]:.1f} at ID {hi:.1f})",
+                "—", "cannot tell"]
+
     for front, by_y in res["dive_gaps"].items():
         for y, g in by_y.items():
-            if g is not None:
-                body.append([f"DiVE (selected) vs {front} + WiSE-FT", METRIC_TITLES[y], f"{g['frontier']:.1f}",
-                             fmt(g["gap"], g["se"]), judge(g["gap"], g["se"])])
+            cells = (outside(front, y, rows.get("dive")) if g is None else
+                     [f"{g['frontier']:.1f}", fmt(g["gap"], g["se"]), judge(g["gap"], g["se"])])
+            body.append([f"DiVE (selected) vs {front} + WiSE-FT", METRIC_TITLES[y], *cells])
+    points = dict((f"{w:g}", r) for w, r in res.get("weight_curve", []))
     for w, by_front in res["weight_curve_gaps"].items():
-        g = by_front.get("FLYP", {}).get("ood")
-        if g is not None:
-            body.append([f"DiVE λ {w} vs FLYP + WiSE-FT", "OOD avg", f"{g['frontier']:.1f}", fmt(g["gap"], g["se"]),
-                         judge(g["gap"], g["se"])])
+        if "FLYP" not in by_front:
+            continue
+        g = by_front["FLYP"].get("ood")
+        cells = (outside("FLYP", "ood", points.get(w)) if g is None else
+                 [f"{g['frontier']:.1f}", fmt(g["gap"], g["se"]), judge(g["gap"], g["se"])])
+        body.append([f"DiVE λ {w} vs FLYP + WiSE-FT", "OOD avg", *cells])
     lines += ["", "Gap = DiVE minus the frontier's piecewise-linear interpolation at DiVE's ID accuracy (positive: "
-              "above the frontier); '—' where DiVE's ID accuracy is outside the frontier's range.", "",
+              "above the frontier); '—' where DiVE's ID accuracy is outside the frontier's range (the frontier's "
+              "highest-ID end is given instead). The weight curve's λ other than the selected one are seed 0 only.", "",
               _table(["point", "metric", "frontier at DiVE's ID", "gap", "above the frontier?"], body) if body
               else "(no frontier yet)", ""]
     lines += ["### Selection (validation splits only; seed 0)", "",
