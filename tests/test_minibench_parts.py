@@ -8,6 +8,7 @@ import pytest
 from open_clip_dive.bench import methods as M
 from open_clip_dive.bench.claims import judge_claims
 from open_clip_dive.bench.collect import aggregate, borrow_se, norm_trace
+from open_clip_dive.bench.page import outside_range_cells
 from open_clip_dive.bench.plan import best_weight, extension, is_interior, parse_grid_overrides, seeds_of
 from open_clip_dive.bench.runner import Job, parse_only, selected
 from open_clip_dive.bench.stats import FAILS, HOLDS, UNSURE, frontier_gap, interpolate, judge, mean_se, pooled_sd
@@ -164,3 +165,13 @@ def test_norm_trace_reads_m_and_the_difference_norms(tmp_path):
     trace = norm_trace(str(log), 32)
     assert trace == [{"step": 1, "u_norm": 0.5, "v_norm": 0.3, "ema_norm": 0.01},
                      {"step": 20, "u_norm": 0.6, "v_norm": 0.2, "ema_norm": 0.2}]
+
+
+def test_a_point_outside_the_frontier_range_is_shown_with_the_frontier_end():
+    # FLYP + WiSE-FT from alpha 0 (pre-trained) to 1: ID 80 -> 91.5; a DiVE point at ID 91.7 has no interpolation
+    curve = [(0.0, 80.0, 30.0, 0.1, 0.1), (0.5, 89.0, 45.0, 0.1, 0.1), (1.0, 91.5, 49.0, 0.4, 2.3)]
+    cell, gap, verdict = outside_range_cells(curve, 91.7)
+    assert cell == "— (ID 91.7 outside 80.0–91.5; its end: 49.0 at ID 91.5)"
+    assert (gap, verdict) == ("—", "cannot tell")
+    assert outside_range_cells([], 91.7) == ["—", "—", "—"]
+    assert outside_range_cells(curve, None) == ["—", "—", "—"]

@@ -33,3 +33,8 @@ def test_quickstart_runs_end_to_end(env, tmp_path):
     # the fine-tuned rows are the checkpoints' weights, not the pre-trained folder's
     geometry = results["runs"]["flyp"]["geometry"]["image"]
     assert geometry["diff_norm_mean"] > 0
+    # the tiny data is cached per data version, like the full build (an unversioned cache of older code was read
+    # as the current version's layout)
+    from open_clip_dive.default.data import DATA_VERSION
+    from open_clip_dive.default.datasets import cache_root
+    assert os.path.isfile(os.path.join(cache_root(), "tiny", f"data-v{DATA_VERSION}", "BUILD.json"))

@@ -97,6 +97,16 @@ def _cell(stat, digits=1):
     return fmt(stat["mean"], stat["se"], digits, stat.get("borrowed", False))
 
 
+def outside_range_cells(curve, id_mean):
+    """Table cells for a point whose ID accuracy lies outside a frontier's ID range (curve: wise_curve's (alpha, ID, y, ...) points),
+    where there is nothing to interpolate: the range and the frontier's highest-ID end instead of a gap."""
+    if not curve or id_mean is None:
+        return ["—", "—", "—"]
+    lo, hi = min(c[1] for c in curve), max(c[1] for c in curve)
+    end = max(curve, key=lambda c: c[1])
+    return [f"— (ID {id_mean:.1f} outside {lo:.1f}–{hi:.1f}; its end: {end[2]:.1f} at ID {hi:.1f})", "—", "cannot tell"]
+
+
 def task_markdown(name, res, bench):
     t, rows, pre = res["task"], res["rows"], res["pretrained"]
     ood, zs = list(t["ood"]), list(t["zeroshot"])
@@ -133,14 +143,8 @@ def task_markdown(name, res, bench):
             lines.append(f"![ID vs {title}]({res['plots'][y]})")
     body = []
     def outside(front, y, row):
-        """The cells of a point whose ID accuracy lies outside the frontier's ID range (no interpolation there)."""
         curve = res["frontiers"].get(front, {}).get(y) or []
-        if not curve or row is None or row["id"]["mean"] is None:
-            return ["—", "—", "—"]
-        lo, hi = min(c[1] for c in curve), max(c[1] for c in curve)
-        end = max(curve, key=lambda c: c[1])
-        return [f"— (ID {row['id']['mean']:.1f} outside {lo:.1f}–{hi:.1f}; its end: {end[2]:.1f} at ID {hi:.1f})",
-                "—", "cannot tell"]
+        return outside_range_cells(curve, None if row is None else row["id"]["mean"])
 
     for front, by_y in res["dive_gaps"].items():
         for y, g in by_y.items():
