@@ -27,7 +27,7 @@ import time
 
 from .bench import methods as M
 from .bench.plan import best_of, best_weight, extension, is_interior, parse_grid_overrides, seeds_of
-from .bench.runner import Job, JobsFailed, Runner, parse_only
+from .bench.runner import TIME_FORMAT, Job, JobsFailed, Runner, fold_interrupted, parse_only
 from .bench.tasks import tasks_of
 from .errors import DiveUsageError
 from .experiment import Recipe, checkpoint_of, evaluate_command, linear_probe_command, train_command
@@ -307,15 +307,20 @@ def run(args) -> int:
     from .quickstart import prepare
 
     start = time.time()
+    started = time.strftime(TIME_FORMAT)
     work = args.work_dir or os.path.join(args.output, "work")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    runner = Runner(work, jobs=args.jobs, threads=threads, only=args.only_sel, dry_run=args.dry_run)
+    for s in ([] if args.dry_run else fold_interrupted(work)):  # a killed sitting's time still counts
+        print(f"[minibench] an earlier sitting started {s['started']} was interrupted after {s['ran']} job(s) "
+              f"({s['wall_s'] / 60:.1f} min to its last finished job): counted as such", flush=True)
+    runner = Runner(work, jobs=args.jobs, threads=threads, only=args.only_sel, dry_run=args.dry_run, sitting=started)
     model_dir, layout = prepare(args.tiny)
     bench = Bench(args, model_dir, layout, runner)
     bench.select()
     bench.seeds_and_tests()
     with open(os.path.join(work, "sittings.jsonl"), "a") as f:
-        f.write(json.dumps({"argv": sys.argv[1:], "wall_s": round(time.time() - start, 1), "ran": len(runner.ran),
+        f.write(json.dumps({"argv": sys.argv[1:], "started": started, "wall_s": round(time.time() - start, 1),
+                            "ran": len(runner.ran),
                             "jobs": args.jobs, "threads": threads, "dry_run": args.dry_run,
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
     if args.dry_run:

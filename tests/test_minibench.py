@@ -122,6 +122,11 @@ def test_minibench_pipeline_shards_resumes_and_writes_the_page(env, tmp_path):
     assert "Which split chose what" in page and "ID val + zero-shot dev" in page
     assert {c["verdict"] for c in results["claims"]} <= {"holds", "does not hold", "cannot tell"}
     assert "validation" in run["criterion"]
+    # the killed sitting's time counts (up to its last finished job), between the two that ended
+    assert [s.get("interrupted", False) for s in run["sittings"]] == [False, True, False]
+    assert run["sittings"][1]["ran"] >= 2 and run["sittings"][1]["wall_s"] > 0
+    assert run["wall_seconds"] == round(sum(s["wall_s"] for s in run["sittings"]))
+    assert "3 sitting(s) (1 of them killed and resumed" in page
     commands = (tmp_path / "res" / "commands.sh").read_text()
     assert commands.count("open_clip_dive.main") == 18 and commands.count("--dive-reduction mean") == 1
 

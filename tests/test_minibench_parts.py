@@ -1,6 +1,7 @@
 """The mini benchmark's pure parts, with numbers: standard errors, frontier gaps, grid extension, claim judgement,
 --only selection, the data-layout shim and the training command of every registry method."""
 
+import json
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from open_clip_dive.bench.claims import judge_claims
 from open_clip_dive.bench.collect import aggregate, borrow_se, norm_trace
 from open_clip_dive.bench.page import outside_range_cells
 from open_clip_dive.bench.plan import best_weight, extension, is_interior, parse_grid_overrides, seeds_of
-from open_clip_dive.bench.runner import Job, parse_only, selected
+from open_clip_dive.bench.runner import Job, fold_interrupted, parse_only, read_sittings, selected
 from open_clip_dive.bench.stats import FAILS, HOLDS, UNSURE, frontier_gap, interpolate, judge, mean_se, pooled_sd
 from open_clip_dive.bench.tasks import tasks_of
 from open_clip_dive.errors import DiveUsageError
@@ -175,3 +176,24 @@ def test_a_point_outside_the_frontier_range_is_shown_with_the_frontier_end():
     assert (gap, verdict) == ("—", "cannot tell")
     assert outside_range_cells([], 91.7) == ["—", "—", "—"]
     assert outside_range_cells(curve, None) == ["—", "—", "—"]
+
+
+def test_a_killed_sitting_is_counted_up_to_its_last_finished_job(tmp_path):
+    def line(**kw):
+        return json.dumps(kw) + "\n"
+
+    (tmp_path / "sittings.jsonl").write_text(line(started="2026-12-01T10:00:00", wall_s=600.0, ran=3))
+    (tmp_path / "ledger.jsonl").write_text(
+        line(job="a", seconds=500, jobs=2, threads=1, finished="2026-12-01T10:09:00", sitting="2026-12-01T10:00:00")
+        + line(job="b", seconds=400, jobs=2, threads=1, finished="2026-12-01T11:07:00", sitting="2026-12-01T11:00:00")
+        + line(job="c", seconds=700, jobs=2, threads=1, finished="2026-12-01T11:12:30", sitting="2026-12-01T11:00:00")
+        + line(job="d", seconds=90, jobs=2, threads=1, finished="2026-12-01T09:00:00"))  # older pipeline: no sitting
+    added = fold_interrupted(str(tmp_path))
+    assert [(a["started"], a["wall_s"], a["ran"], a["interrupted"]) for a in added] == [
+        ("2026-12-01T11:00:00", 750.0, 2, True)]
+    assert fold_interrupted(str(tmp_path)) == []  # folded once
+    assert [s["wall_s"] for s in read_sittings(str(tmp_path))] == [600.0, 750.0]
+    # a sitting folded while it still ran (a --dry-run beside it) that then ended counts once, as ended
+    with open(tmp_path / "sittings.jsonl", "a") as f:
+        f.write(line(started="2026-12-01T11:00:00", wall_s=900.0, ran=4))
+    assert [s["wall_s"] for s in read_sittings(str(tmp_path))] == [600.0, 900.0]

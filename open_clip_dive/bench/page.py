@@ -12,6 +12,7 @@ from .claims import PARITY, judge_claims
 from .collect import (METRIC_TITLES, METRICS, aggregate, borrow_se, load_evaluations, norm_trace, run_metrics,
                       wise_points)
 from .frontier import FRONTIER_Y, gaps, plot_curves, plot_frontiers, wise_curve
+from .runner import read_sittings
 from .stats import fmt, judge, mean_se
 
 
@@ -223,6 +224,11 @@ def _cost_table(ledger):
                   [[k, str(len(v)), f"{sum(v) / len(v):.0f}", f"{sum(v) / 60:.1f}"] for k, v in sorted(kinds.items())])
 
 
+def _interrupted_note(sittings):
+    n = sum(1 for s in sittings if s.get("interrupted"))
+    return f" ({n} of them killed and resumed: counted up to their last finished job)" if n else ""
+
+
 def write_page(bench, args):
     import open_clip
     import torch
@@ -230,7 +236,7 @@ def write_page(bench, args):
     out = args.output
     os.makedirs(os.path.join(out, "plots"), exist_ok=True)
     results = {t: task_results(bench, t, out) for t in bench.tasks}
-    sittings = [json.loads(x) for x in open(os.path.join(bench.work, "sittings.jsonl"))]
+    sittings = read_sittings(bench.work)
     ledger = [json.loads(x) for x in open(bench.runner.ledger)] if os.path.exists(bench.runner.ledger) else []
     wall = sum(s["wall_s"] for s in sittings if not s.get("dry_run"))
     versions = {"python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__,
@@ -268,7 +274,7 @@ def write_page(bench, args):
              ("" if complete else "> **Partial:** some runs or evaluations have not finished (other `--only` "
               "sittings); the numbers below are what has.\n"),
              f"Produced by `bash launch_scripts/mini_benchmark.sh` (`python -m open_clip_dive.minibench`) in "
-             f"{len(sittings)} sitting(s), **{wall / 60:.1f} min** wall-clock in all ({args.jobs} runs side by side, "
+             f"{len(sittings)} sitting(s){_interrupted_note(sittings)}, **{wall / 60:.1f} min** wall-clock in all ({args.jobs} runs side by side, "
              f"{bench.runner.threads} thread(s) each); every command is in `commands.sh`, settings and selection "
              "scores in `run.json`, every number in `results.json` / `results.csv`, plots in `plots/`.", "",
              *([ANALYSIS_LINK, ""] if os.path.isfile(os.path.join(out, "analysis.md")) else []),

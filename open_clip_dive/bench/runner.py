@@ -56,10 +56,47 @@ def selected(job: Job, only: Dict[str, Set[str]]) -> bool:
     return all(job.tags.get(key, set()) <= values for key, values in only.items())
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def fold_interrupted(work: str) -> List[dict]:
+    """Append to <work>/sittings.jsonl a line for every sitting that has jobs in the ledger but never wrote its
+    own line (killed): its wall time up to its last finished job, a lower bound. Returns the lines added."""
+    ledger, sittings = (os.path.join(work, n) for n in ("ledger.jsonl", "sittings.jsonl"))
+    if not os.path.isfile(ledger):
+        return []
+    ended = {json.loads(x).get("started") for x in open(sittings)} if os.path.isfile(sittings) else set()
+    open_ones: Dict[str, List[dict]] = {}
+    for line in open(ledger):
+        entry = json.loads(line)
+        if entry.get("sitting") and entry["sitting"] not in ended:
+            open_ones.setdefault(entry["sitting"], []).append(entry)
+    added = []
+    for started, entries in sorted(open_ones.items()):
+        t0 = time.mktime(time.strptime(started, TIME_FORMAT))
+        last = max(time.mktime(time.strptime(e["finished"], TIME_FORMAT)) for e in entries)
+        added.append({"argv": None, "started": started, "wall_s": round(last - t0, 1), "ran": len(entries),
+                      "jobs": entries[-1]["jobs"], "threads": entries[-1]["threads"], "dry_run": False,
+                      "interrupted": True, "finished": time.strftime(TIME_FORMAT, time.localtime(last))})
+    if added:
+        with open(sittings, "a") as f:
+            f.writelines(json.dumps(a) + "\n" for a in added)
+    return added
+
+
+def read_sittings(work: str) -> List[dict]:
+    """The sittings' lines; a sitting folded as interrupted that then ended (a dry run beside it) counts once."""
+    path = os.path.join(work, "sittings.jsonl")
+    lines = [json.loads(x) for x in open(path)] if os.path.isfile(path) else []
+    ended = {s.get("started") for s in lines if not s.get("interrupted")}
+    return [s for s in lines if not (s.get("interrupted") and s.get("started") in ended)]
+
+
 class Runner:
     def __init__(self, work: str, jobs: int = 1, threads: int = 1, only: Optional[Dict[str, Set[str]]] = None,
-                 dry_run: bool = False, log=print):
+                 dry_run: bool = False, log=print, sitting: Optional[str] = None):
         self.work, self.jobs, self.threads, self.only, self.dry_run = work, jobs, threads, only or {}, dry_run
+        self.sitting = sitting  # this sitting's start time: its ledger lines carry it (see fold_interrupted)
         self.commands: List[str] = []  # every command of the plan, in order, run or reused (commands.sh)
         self.ran: List[str] = []  # jobs run by this process
         self.skipped: List[str] = []  # jobs left out by --only (or waiting on one)
@@ -87,7 +124,8 @@ class Runner:
         seconds = time.time() - start
         with open(self.ledger, "a") as f:
             f.write(json.dumps({"job": job.name, "seconds": round(seconds, 1), "threads": self.threads,
-                                "jobs": self.jobs, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+                                "jobs": self.jobs, "finished": time.strftime(TIME_FORMAT), "sitting": self.sitting})
+                    + "\n")
         return seconds
 
     def run(self, jobs: Sequence[Job]) -> None:
