@@ -125,6 +125,19 @@ class Bench:
     def checkpoint(self, c: M.Config):
         return checkpoint_of(os.path.join(self.task_dir(c.task), "runs"), c.name, self.recipe.epochs)
 
+    def finished_mark(self, c: M.Config):
+        return os.path.join(self.task_dir(c.task), "runs", c.name, "finished.json")
+
+    def trained(self, c: M.Config) -> bool:
+        """Whether the run has finished: its mark (kept in the committed record, so a sitting on another machine
+        reuses the run without its checkpoint), or its checkpoint (a run of an older pipeline: marked now)."""
+        if os.path.exists(self.finished_mark(c)):
+            return True
+        if os.path.exists(self.checkpoint(c)):
+            mark_finished(self.checkpoint(c), self.finished_mark(c))
+            return True
+        return False
+
     def lp_head(self, task):
         return os.path.join(self.task_dir(task), "lp_head.pt")
 
@@ -137,12 +150,13 @@ class Bench:
         head = self.lp_head(c.task) if c.method == "lp-ft" else None
         cmd = train_command(self.model_dir, {**task, "reference": self.reference}, runs, c.name, c.method, recipe,
                             c.weight, c.reduction, head_init=head, eval_suite=task["suite_val"])
-        ckpt = self.checkpoint(c)
-        return Job(name=f"{c.task}/{c.name}", cmd=cmd, done=ckpt,
+        ckpt, mark = self.checkpoint(c), self.finished_mark(c)
+        self.trained(c)  # marks a finished run of an older pipeline
+        return Job(name=f"{c.task}/{c.name}", cmd=cmd, done=mark,
                    log=os.path.join(self.task_dir(c.task), "logs", f"train_{c.name}.log"),
                    tags={"task": {c.task}, "method": {c.method}, "seed": {str(c.seed)}},
                    deps=[f"{c.task}/lp-head"] if head else [], clean=os.path.join(runs, c.name),
-                   after=lambda: slim_checkpoint(ckpt))
+                   after=lambda: mark_finished(ckpt, mark, slim=True))
 
     def lp_job(self, task) -> Job:
         cmd = linear_probe_command(self.model_dir, self.tasks[task], self.lp_head(task), self.args.lp_samples or None)
@@ -155,6 +169,11 @@ class Bench:
         names = sorted(c.name for c in configs)
         key = hashlib.sha1(("|".join(names) + f"|{wise_ft}").encode()).hexdigest()[:8]
         out = os.path.join(self.task_dir(task), "eval", f"s{seed}-{key}")
+        gone = [c.name for c in configs if self.trained(c) and not os.path.exists(self.checkpoint(c))]
+        if gone and not os.path.exists(os.path.join(out, "results.json")):
+            raise JobsFailed(f"{task}: evaluating {', '.join(gone)} needs checkpoints that are not on this machine "
+                             f"(the runs come from the committed record): delete their folders under "
+                             f"{self.task_dir(task)}/runs/ to train them again")
         t = self.tasks[task]
         cmd = evaluate_command(self.model_dir, {c.name: self.checkpoint(c) for c in configs}, t["suite"], out,
                                rsa_data=t["rsa_data"], wise_ft=wise_ft, max_samples=self.args.max_eval_samples or None)
@@ -177,7 +196,7 @@ class Bench:
 
     def val_score(self, c: M.Config):
         """The selection criterion: (ID val + zero-shot dev average) / 2 after the last epoch; None if not run."""
-        if not os.path.exists(self.checkpoint(c)):
+        if not self.trained(c):
             return None
         curve = self.val_curve(c)
         if not curve or curve[-1][0] != self.recipe.epochs:
@@ -227,7 +246,7 @@ class Bench:
 
     def selected_config(self, task, method):
         if not M.is_weighted(method):
-            return M.Config(task, method) if os.path.exists(self.checkpoint(M.Config(task, method))) else None
+            return M.Config(task, method) if self.trained(M.Config(task, method)) else None
         entry = self.selection.get(task, {}).get(method)
         return None if entry is None else M.Config(task, method, entry["selected"])
 
@@ -277,16 +296,27 @@ class Bench:
         self.eval_dirs = {j.name: os.path.dirname(j.done) for j in jobs if "/eval-" in j.name}
 
 
-def slim_checkpoint(path: str) -> None:
-    """Drop the optimizer state of a finished run (two thirds of the file; the evaluation reads the weights and
-    the loss's head only). Atomic: a kill leaves the full file."""
+def mark_finished(path: str, mark: str, slim: bool = False) -> None:
+    """Mark a finished run (its checkpoint's size and SHA-256), first dropping the checkpoint's optimizer state if
+    `slim` (two thirds of the file; the evaluation reads the weights and the loss's head only). Atomic: a kill
+    leaves the full file and no mark. Nothing happens if the run left no checkpoint (the job then fails)."""
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.pop("optimizer", None) is None:
+    if not os.path.exists(path):
         return
-    torch.save(ckpt, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    if slim:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt.pop("optimizer", None) is not None:
+            torch.save(ckpt, path + ".tmp")
+            os.replace(path + ".tmp", path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    with open(mark + ".tmp", "w") as f:
+        json.dump({"checkpoint": os.path.relpath(path, os.path.dirname(mark)), "bytes": os.path.getsize(path),
+                   "sha256": digest.hexdigest(), "finished": time.strftime(TIME_FORMAT)}, f)
+    os.replace(mark + ".tmp", mark)
 
 
 def main(argv=None) -> int:

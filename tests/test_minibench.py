@@ -1,9 +1,10 @@
 """The whole mini benchmark pipeline on the tiny model and data: every registry method, 2 seeds for the rows the
 claims lean on, a grid extension, WiSE-FT frontiers, the claims table; sharded by --only, killed mid-run and
-resumed without training anything twice."""
+resumed without training anything twice, and continued from its checkpoint-less record as on another machine."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,19 @@ def test_minibench_pipeline_shards_resumes_and_writes_the_page(env, tmp_path):
     result = run_module("open_clip_dive.minibench", argv, cwd=tmp_path, env=env, timeout=1100)
     assert result.returncode == 0 and _ledger(tmp_path) == ledger
     assert "ran 0 job(s)" in result.stdout
+
+    # the committed record (the work dir without checkpoints and job logs, as git keeps it) on another machine:
+    # nothing is trained again and the page has the same numbers
+    for ckpt in (tmp_path / "w").glob("*/runs/*/checkpoints"):
+        shutil.rmtree(ckpt)
+    for logs in (tmp_path / "w").glob("*/logs"):
+        shutil.rmtree(logs)
+    assert len(list((tmp_path / "w").glob("*/runs/*/finished.json"))) == 18
+    result = run_module("open_clip_dive.minibench", argv, cwd=tmp_path, env=env, timeout=1100)
+    assert result.returncode == 0 and "ran 0 job(s)" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    again = json.loads((tmp_path / "res" / "results.json").read_text())["fashion-mnist"]
+    assert again["rows"] == rows and again["norm_traces"] == results["norm_traces"]
+    assert any(again["norm_traces"].values())  # read from the run folders' out.log, which the record keeps
 
 
 def test_every_method_trains_with_the_same_batchnorm_and_dropout_mode():

@@ -69,7 +69,7 @@ def task_results(bench, task, out_dir):
     if "dive" in plan["rows"]:
         for s in plan["seeds"]["dive"]:
             name = plan["rows"]["dive"].with_seed(s).name
-            norms[s] = norm_trace(os.path.join(bench.task_dir(task), "logs", f"train_{name}.log"), bench.recipe.batch_size)
+            norms[s] = norm_trace(os.path.join(bench.task_dir(task), "runs", name, "out.log"), bench.recipe.batch_size)
     plots = plot_frontiers(task, frontiers, weight_curve, rows.get("dive"), pretrained, os.path.join(out_dir, "plots"))
     plots.update(plot_curves(task, {r: {s: [(e, i, z) for e, i, z in cv] for s, cv in v.items()}
                                     for r, v in curves.items()}, norms, os.path.join(out_dir, "plots")))
@@ -99,13 +99,14 @@ def _cell(stat, digits=1):
 
 
 def outside_range_cells(curve, id_mean):
-    """Table cells for a point whose ID accuracy lies outside a frontier's ID range (curve: wise_curve's (alpha, ID, y, ...) points),
-    where there is nothing to interpolate: the range and the frontier's highest-ID end instead of a gap."""
+    """Table cells for a point whose ID accuracy lies outside a frontier's ID range (curve: wise_curve's points,
+    (alpha, ID, y, ...)), where there is nothing to interpolate: the range and the frontier's highest-ID end."""
     if not curve or id_mean is None:
         return ["—", "—", "—"]
     lo, hi = min(c[1] for c in curve), max(c[1] for c in curve)
     end = max(curve, key=lambda c: c[1])
-    return [f"— (ID {id_mean:.1f} outside {lo:.1f}–{hi:.1f}; its end: {end[2]:.1f} at ID {hi:.1f})", "—", "cannot tell"]
+    return [f"— (ID {id_mean:.1f} outside {lo:.1f}–{hi:.1f}; its end: {end[2]:.1f} at ID {hi:.1f})", "—",
+            "cannot tell"]
 
 
 def task_markdown(name, res, bench):

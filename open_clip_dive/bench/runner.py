@@ -33,7 +33,7 @@ class Job:
     #                                                        every value it carries is selected
     deps: List[str] = field(default_factory=list)  # names of jobs that must finish first
     clean: Optional[str] = None  # a folder a killed attempt leaves behind: removed before the job starts again
-    after: Optional[Callable[[], None]] = None  # run once after success (e.g. drop the optimizer state)
+    after: Optional[Callable[[], None]] = None  # run once after the command succeeds, before `done` is checked
 
     @property
     def finished(self) -> bool:
@@ -116,11 +116,11 @@ class Runner:
         start = time.time()
         with open(job.log, "w") as log:
             result = subprocess.run(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env())
+        if result.returncode == 0 and job.after:
+            job.after()
         if result.returncode != 0 or not job.finished:
             tail = open(job.log, errors="replace").read()[-3000:]
             raise RuntimeError(f"job {job.name} failed ({result.returncode}); its log {job.log} ends:\n{tail}")
-        if job.after:
-            job.after()
         seconds = time.time() - start
         with open(self.ledger, "a") as f:
             f.write(json.dumps({"job": job.name, "seconds": round(seconds, 1), "threads": self.threads,
