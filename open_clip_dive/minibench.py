@@ -350,9 +350,8 @@ def run(args) -> int:
     bench.seeds_and_tests()
     with open(os.path.join(work, "sittings.jsonl"), "a") as f:
         f.write(json.dumps({"argv": sys.argv[1:], "started": started, "wall_s": round(time.time() - start, 1),
-                            "ran": len(runner.ran),
-                            "jobs": args.jobs, "threads": threads, "dry_run": args.dry_run,
-                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+                            "ran": len(runner.ran), "jobs": args.jobs, "threads": threads,
+                            "dry_run": args.dry_run, "finished": time.strftime(TIME_FORMAT)}) + "\n")
     if args.dry_run:
         return 0
     write_page(bench, args)

@@ -98,6 +98,13 @@ def _cell(stat, digits=1):
     return fmt(stat["mean"], stat["se"], digits, stat.get("borrowed", False))
 
 
+def frontier_cells(g, curve, id_mean):
+    """The frontier, gap and verdict cells of one comparison: its gap g, or, where g is None, outside_range_cells."""
+    if g is None:
+        return outside_range_cells(curve, id_mean)
+    return [f"{g['frontier']:.1f}", fmt(g["gap"], g["se"]), judge(g["gap"], g["se"])]
+
+
 def outside_range_cells(curve, id_mean):
     """Table cells for a point whose ID accuracy lies outside a frontier's ID range (curve: wise_curve's points,
     (alpha, ID, y, ...)), where there is nothing to interpolate: the range and the frontier's highest-ID end."""
@@ -144,23 +151,19 @@ def task_markdown(name, res, bench):
         if y in res["plots"]:
             lines.append(f"![ID vs {title}]({res['plots'][y]})")
     body = []
-    def outside(front, y, row):
+    def cells(g, front, y, row):
         curve = res["frontiers"].get(front, {}).get(y) or []
-        return outside_range_cells(curve, None if row is None else row["id"]["mean"])
+        return frontier_cells(g, curve, None if row is None else row["id"]["mean"])
 
     for front, by_y in res["dive_gaps"].items():
         for y, g in by_y.items():
-            cells = (outside(front, y, rows.get("dive")) if g is None else
-                     [f"{g['frontier']:.1f}", fmt(g["gap"], g["se"]), judge(g["gap"], g["se"])])
-            body.append([f"DiVE (selected) vs {front} + WiSE-FT", METRIC_TITLES[y], *cells])
+            body.append([f"DiVE (selected) vs {front} + WiSE-FT", METRIC_TITLES[y],
+                         *cells(g, front, y, rows.get("dive"))])
     points = dict((f"{w:g}", r) for w, r in res.get("weight_curve", []))
     for w, by_front in res["weight_curve_gaps"].items():
-        if "FLYP" not in by_front:
-            continue
-        g = by_front["FLYP"].get("ood")
-        cells = (outside("FLYP", "ood", points.get(w)) if g is None else
-                 [f"{g['frontier']:.1f}", fmt(g["gap"], g["se"]), judge(g["gap"], g["se"])])
-        body.append([f"DiVE λ {w} vs FLYP + WiSE-FT", "OOD avg", *cells])
+        if "FLYP" in by_front:
+            body.append([f"DiVE λ {w} vs FLYP + WiSE-FT", "OOD avg",
+                         *cells(by_front["FLYP"].get("ood"), "FLYP", "ood", points.get(w))])
     lines += ["", "Gap = DiVE minus the frontier's piecewise-linear interpolation at DiVE's ID accuracy (positive: "
               "above the frontier); '—' where DiVE's ID accuracy is outside the frontier's range (the frontier's "
               "highest-ID end is given instead). The weight curve's λ other than the selected one are seed 0 only.", "",
@@ -275,7 +278,8 @@ def write_page(bench, args):
              ("" if complete else "> **Partial:** some runs or evaluations have not finished (other `--only` "
               "sittings); the numbers below are what has.\n"),
              f"Produced by `bash launch_scripts/mini_benchmark.sh` (`python -m open_clip_dive.minibench`) in "
-             f"{len(sittings)} sitting(s){_interrupted_note(sittings)}, **{wall / 60:.1f} min** wall-clock in all ({args.jobs} runs side by side, "
+             f"{len(sittings)} sitting(s){_interrupted_note(sittings)}, **{wall / 60:.1f} min** wall-clock in all "
+             f"({args.jobs} runs side by side, "
              f"{bench.runner.threads} thread(s) each); every command is in `commands.sh`, settings and selection "
              "scores in `run.json`, every number in `results.json` / `results.csv`, plots in `plots/`.", "",
              *([ANALYSIS_LINK, ""] if os.path.isfile(os.path.join(out, "analysis.md")) else []),

@@ -65,7 +65,7 @@ def fold_interrupted(work: str) -> List[dict]:
     ledger, sittings = (os.path.join(work, n) for n in ("ledger.jsonl", "sittings.jsonl"))
     if not os.path.isfile(ledger):
         return []
-    ended = {json.loads(x).get("started") for x in open(sittings)} if os.path.isfile(sittings) else set()
+    ended = {s.get("started") for s in read_sittings(work)}
     open_ones: Dict[str, List[dict]] = {}
     for line in open(ledger):
         entry = json.loads(line)
