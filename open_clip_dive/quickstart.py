@@ -18,8 +18,8 @@ from .experiment import Recipe, checkpoint_of, evaluate_command, run, train_comm
 # (docs/results/run.json: 1, interior of 0.1 / 1 / 10, scores 54.43 / 57.52 / 55.28; the paper's 1000 under
 # --dive-reduction sum holds the model near the pre-trained one here, ID test 40.6 vs 80.9).
 QUICKSTART_DIVE_WEIGHT = 1.0
-# Sized to finish in under 10 minutes on a 2-core CPU, first-run builds included (518 s measured, README.md);
-# the mini benchmark trains 80 steps and evaluates 1000 samples per set.
+# Sized to finish in under 10 minutes on a 2-core CPU, first-run builds included (367 s measured, README.md);
+# the mini benchmark trains 80 steps and evaluates 500 samples per set.
 QUICKSTART_STEPS = 60
 QUICKSTART_EVAL_SAMPLES = 500
 
