@@ -4,6 +4,8 @@
 # .json / .csv, plots/, commands.sh, run.json). Extra arguments go to `python -m open_clip_dive.minibench`:
 #   bash launch_scripts/mini_benchmark.sh --dry-run                      # what would run
 #   bash launch_scripts/mini_benchmark.sh --only method=flyp,ce,dive     # one sitting of several (same WORK_DIR)
+#   bash launch_scripts/mini_benchmark.sh --steps 80,digits=160          # the run length per task; runs of
+#                                    another recipe are refused, not reused: remove WORK_DIR/digits/ to retrain it
 # Runs are resumable: rerun the same command after a kill and finished runs are reused.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -26,6 +26,7 @@ class Recipe:
     seed: int = 0
     epochs: int = 1  # several short epochs: the in-training evaluation after each draws the learning curve
     eval_max_samples: Optional[int] = None  # per set of the in-training evaluation suite
+    zeroshot_frequency: int = 1  # its zero-shot sets every N epochs and after the last (open_clip's flag)
     log_every: int = 25
     # BatchNorm statistics frozen for every method (the paper's ViTs have none): otherwise FLYP and replay would
     # re-estimate them on Fashion-MNIST batches while the frozen-model losses keep them (--dive-bn-eval's default)
@@ -105,7 +106,50 @@ def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str
         cmd += ["--dive-eval-suite", eval_suite]
         if recipe.eval_max_samples:
             cmd += ["--dive-eval-max-samples", str(recipe.eval_max_samples)]
+        cmd += ["--zeroshot-frequency", str(recipe.zeroshot_frequency)]
     return cmd + recipe.extra
+
+
+# flags that name files or folders (they differ from machine to machine, the training does not), logging and the
+# evaluation schedule
+UNCOMPARED_FLAGS = {"model", "train_data", "classnames", "templates", "logs", "name", "dive_ref_data",
+                    "dive_head_init", "dive_eval_suite", "log_every_n_steps", "zeroshot_frequency"}
+
+
+def _flag_values(cmd: List[str]) -> Dict[str, str]:
+    """--key value / --flag / --no-flag of a train command, as open_clip's params.txt spells them."""
+    out, i = {}, 0
+    while i < len(cmd):
+        if cmd[i].startswith("--"):
+            key = cmd[i][2:].replace("-", "_")
+            if i + 1 < len(cmd) and not cmd[i + 1].startswith("--"):
+                out[key] = cmd[i + 1]
+                i += 1
+            elif key.startswith("no_"):
+                out[key[3:]] = "False"
+            else:
+                out[key] = "True"
+        i += 1
+    return out
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
+
+
+def recipe_changes(cmd: List[str], params_txt: str) -> List[str]:
+    """How a finished run (its open_clip params.txt) was trained otherwise than `cmd` would train it, as
+    ['--epochs 4 (now 8)', ...]; [] when the settings agree (file paths are not compared)."""
+    trained = {}
+    for line in open(params_txt):
+        key, sep, value = line.rstrip("\n").partition(": ")
+        if sep:
+            trained[key] = value
+    return [f"--{k.replace('_', '-')} {trained[k]} (now {v})" for k, v in _flag_values(cmd).items()
+            if k not in UNCOMPARED_FLAGS and k in trained and not _same(trained[k], v)]
 
 
 def linear_probe_command(model_dir: str, data: dict, output: str, max_samples: Optional[int] = None) -> List[str]:

@@ -19,6 +19,7 @@ work by task / method / seed, and sittings share one --work-dir.
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,14 +27,16 @@ import sys
 import time
 
 from .bench import methods as M
-from .bench.plan import best_of, best_weight, extension, is_interior, parse_grid_overrides, seeds_of
+from .bench.plan import best_of, best_weight, extension, is_interior, parse_grid_overrides, parse_steps, seeds_of
 from .bench.runner import TIME_FORMAT, Job, JobsFailed, Runner, fold_interrupted, parse_only
 from .bench.tasks import tasks_of
 from .errors import DiveUsageError
-from .experiment import Recipe, checkpoint_of, evaluate_command, linear_probe_command, train_command
+from .experiment import (Recipe, checkpoint_of, evaluate_command, linear_probe_command, recipe_changes,
+                         train_command)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_CHUNK = 12  # fine-tuned runs per evaluation process (each also evaluates the pre-trained model once)
+DEFAULT_STEPS = "80"  # the committed docs/results/ was trained so
 
 
 def parse_args(argv):
@@ -43,8 +46,11 @@ def parse_args(argv):
     g.add_argument("--output", default="docs/results", help="the results page and its files")
     g.add_argument("--work-dir", default=None, help="runs, evaluations and logs (default: <output>/work); "
                    "sittings that share it reuse each other's finished jobs")
-    g = p.add_argument_group("recipe (every method, every task)")
-    g.add_argument("--steps", type=int, default=80, help="optimizer steps per run")
+    g = p.add_argument_group("recipe (every method; the run length per task)")
+    g.add_argument("--steps", default=DEFAULT_STEPS, metavar="N[,TASK=N]",
+                   help="optimizer steps per run: N for every task, TASK=N for one, e.g. 80,digits=160 (default "
+                        "%(default)s; docs/results/run_length.md measures how long FLYP's ID val accuracy takes to "
+                        "level off on each task)")
     g.add_argument("--epochs", type=int, default=4, help="the steps split into this many short epochs; the "
                    "validation suite is evaluated after each (the learning curve; the last one selects)")
     g.add_argument("--batch-size", type=int, default=16, help="ID and reference batch size (16: the plan fits "
@@ -80,7 +86,11 @@ def parse_args(argv):
 
 
 def check_args(args):
-    if args.steps < 1 or args.epochs < 1 or args.steps % args.epochs:
+    try:
+        args.steps_all, args.steps_of = parse_steps(args.steps)
+    except ValueError as e:
+        raise DiveUsageError(str(e)) from None
+    if args.epochs < 1 or any(n % args.epochs for n in (args.steps_all, *args.steps_of.values())):
         raise DiveUsageError(f"--steps {args.steps} / --epochs {args.epochs}: the steps must split into whole epochs")
     if args.seeds < 1 or args.seeds_rest < 1 or args.seeds_rest > args.seeds:
         raise DiveUsageError("--seeds / --seeds-rest: need 1 <= --seeds-rest <= --seeds")
@@ -113,9 +123,16 @@ class Bench:
         self.reference = layout["reference"]
         self.methods = args.methods.split(",")
         self.work = runner.work
-        self.recipe = Recipe(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+        unknown = [t for t in args.steps_of if t not in tasks_of(layout)]
+        if unknown:
+            raise DiveUsageError(f"--steps {args.steps}: unknown task {unknown}; the data has "
+                                 f"{', '.join(tasks_of(layout))}")
+        self.recipe = Recipe(steps=args.steps_all, epochs=args.epochs, batch_size=args.batch_size,
                              ref_batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                             eval_max_samples=args.val_samples or None, log_every=max(1, args.steps // 20))
+                             eval_max_samples=args.val_samples or None,
+                             zeroshot_frequency=args.epochs)  # the zero-shot dev sets after the last epoch only
+        self.recipes = {t: dataclasses.replace(self.recipe, steps=n, log_every=max(1, n // 20))
+                        for t, n in ((t, args.steps_of.get(t, args.steps_all)) for t in self.tasks)}
         self.selection = {}  # task -> method -> {"scores": {w: s}, "extensions": [...], "selected", "interior"}
 
     # --- paths and jobs -------------------------------------------------------------------------------------
@@ -142,16 +159,20 @@ class Bench:
         return os.path.join(self.task_dir(task), "lp_head.pt")
 
     def train_job(self, c: M.Config) -> Job:
-        import dataclasses
-
         task = self.tasks[c.task]
-        recipe = dataclasses.replace(self.recipe, seed=c.seed)
+        recipe = dataclasses.replace(self.recipes[c.task], seed=c.seed)
         runs = os.path.join(self.task_dir(c.task), "runs")
         head = self.lp_head(c.task) if c.method == "lp-ft" else None
         cmd = train_command(self.model_dir, {**task, "reference": self.reference}, runs, c.name, c.method, recipe,
                             c.weight, c.reduction, head_init=head, eval_suite=task["suite_val"])
         ckpt, mark = self.checkpoint(c), self.finished_mark(c)
-        self.trained(c)  # marks a finished run of an older pipeline
+        params = os.path.join(runs, c.name, "params.txt")
+        if self.trained(c) and os.path.isfile(params):  # reused only if trained as this plan would train it
+            changes = recipe_changes(cmd, params)
+            if changes:
+                raise DiveUsageError(f"{os.path.join(runs, c.name)} was trained with {', '.join(changes)}: the work "
+                                     "dir holds runs of another recipe; give another --work-dir (or delete the run "
+                                     "folders to train them again)")
         return Job(name=f"{c.task}/{c.name}", cmd=cmd, done=mark,
                    log=os.path.join(self.task_dir(c.task), "logs", f"train_{c.name}.log"),
                    tags={"task": {c.task}, "method": {c.method}, "seed": {str(c.seed)}},
@@ -184,14 +205,16 @@ class Bench:
 
     # --- validation scores ------------------------------------------------------------------------------------
     def val_curve(self, c: M.Config):
-        """[(epoch, ID val %, zero-shot dev avg %)] from the in-training evaluation (what has finished)."""
+        """[(epoch, ID val %, zero-shot dev avg % or None where not evaluated)] from the in-training evaluation
+        (what has finished)."""
         runs = os.path.join(self.task_dir(c.task), "runs", c.name, "dive_eval")
         curve = []
         for epoch in range(1, self.recipe.epochs + 1):
             path = os.path.join(runs, f"epoch_{epoch}", "results.json")
             if os.path.isfile(path):
                 s = json.load(open(path))["runs"][f"epoch_{epoch}"]["summary"]
-                curve.append((epoch, 100 * s["id"], 100 * s["zeroshot_avg"]))
+                zs = s.get("zeroshot_avg")
+                curve.append((epoch, 100 * s["id"], None if zs is None else 100 * zs))
         return curve
 
     def val_score(self, c: M.Config):
@@ -199,7 +222,7 @@ class Bench:
         if not self.trained(c):
             return None
         curve = self.val_curve(c)
-        if not curve or curve[-1][0] != self.recipe.epochs:
+        if not curve or curve[-1][0] != self.recipe.epochs or curve[-1][2] is None:
             raise JobsFailed(f"{c.task}/{c.name} finished without its last in-training evaluation (see its log "
                              f"{self.task_dir(c.task)}/logs/train_{c.name}.log); delete its run folder to train it again")
         return (curve[-1][1] + curve[-1][2]) / 2
@@ -348,12 +371,13 @@ def run(args) -> int:
     bench = Bench(args, model_dir, layout, runner)
     bench.select()
     bench.seeds_and_tests()
-    with open(os.path.join(work, "sittings.jsonl"), "a") as f:
-        f.write(json.dumps({"argv": sys.argv[1:], "started": started, "wall_s": round(time.time() - start, 1),
-                            "ran": len(runner.ran), "jobs": args.jobs, "threads": threads,
-                            "dry_run": args.dry_run, "finished": time.strftime(TIME_FORMAT)}) + "\n")
     if args.dry_run:
         return 0
+    if runner.ran:  # a sitting that trained or evaluated nothing (a dry run, a page rewrite) is not one
+        with open(os.path.join(work, "sittings.jsonl"), "a") as f:
+            f.write(json.dumps({"argv": sys.argv[1:], "started": started, "wall_s": round(time.time() - start, 1),
+                                "ran": len(runner.ran), "jobs": args.jobs, "threads": threads,
+                                "finished": time.strftime(TIME_FORMAT)}) + "\n")
     write_page(bench, args)
     if runner.skipped:
         print(f"[minibench] {len(runner.skipped)} job(s) left for another sitting (--only): "

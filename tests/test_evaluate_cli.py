@@ -282,6 +282,27 @@ def test_evaluate_in_training_writes_results_on_rank_0_only(workspace, tmp_path)
     assert evaluate_in_training(wrapped, args, 4, preprocess, tokenizer) == {}  # logged, the run goes on
 
 
+def test_in_training_zero_shot_group_follows_zeroshot_frequency(workspace, tmp_path):
+    """As open_clip's own zero-shot evaluation: every --zeroshot-frequency epochs and after the last (the mini
+    benchmark scores the zero-shot dev sets after its last epoch only, a quarter of their cost)."""
+    root = workspace
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"datasets:\n  - {{name: uci-digits, group: id, path: {root / 'digits'}, max_samples: 20}}\n"
+                     f"  - {{name: mnist, group: zeroshot, path: {root / 'mnist'}, max_samples: 20}}\n")
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY_MODEL, pretrained=str(root / "logs/ft/checkpoints/epoch_1.pt"))
+    tokenizer = open_clip.get_tokenizer(TINY_MODEL)
+    args = argparse.Namespace(dive_eval_suite=str(suite), rank=0, logs=str(tmp_path / "logs"), name="run",
+                              device="cpu", precision="fp32", batch_size=64, workers=0, zeroshot_frequency=2,
+                              epochs=5)
+    evaluated = {e: "dive_eval/zeroshot_avg" in evaluate_in_training(model, args, e, preprocess, tokenizer)
+                 for e in range(1, 6)}
+    assert evaluated == {1: False, 2: True, 3: False, 4: True, 5: True}  # 5: the last epoch
+    saved = json.loads((tmp_path / "logs" / "run" / "dive_eval" / "epoch_3" / "results.json").read_text())
+    assert set(saved["runs"]["epoch_3"]["datasets"]) == {"uci-digits"} and "id" in saved["runs"]["epoch_3"]["summary"]
+    args.zeroshot_frequency = 0
+    assert "dive_eval/zeroshot_avg" not in evaluate_in_training(model, args, 5, preprocess, tokenizer)
+
+
 def synthetic_results(labels, shift=0.0):
     runs = {}
     for i, label in enumerate(labels):

@@ -64,6 +64,10 @@ def test_minibench_pipeline_shards_resumes_and_writes_the_page(env, tmp_path):
                                                             for s in (0, 1)]
     assert sum("/eval-" in j for j in first) == 2  # one WiSE-FT evaluation per seed
     assert "**Partial:**" in (tmp_path / "res" / "README.md").read_text()
+    # a dry run trains nothing and is no sitting (it once made the page count one more)
+    result = run_module("open_clip_dive.minibench", argv + ["--dry-run"], cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0 and "would run" in result.stdout and _ledger(tmp_path) == first
+    assert len((tmp_path / "w" / "sittings.jsonl").read_text().splitlines()) == 1
 
     # sitting 2: everything, killed (the whole process group) while a training is half done
     proc = subprocess.Popen([sys.executable, "-m", "open_clip_dive.minibench", *argv], cwd=tmp_path, env=env,
@@ -131,10 +135,17 @@ def test_minibench_pipeline_shards_resumes_and_writes_the_page(env, tmp_path):
     commands = (tmp_path / "res" / "commands.sh").read_text()
     assert commands.count("open_clip_dive.main") == 18 and commands.count("--dive-reduction mean") == 1
 
-    # a fourth sitting has nothing left to do
+    # a fourth sitting has nothing left to do: it rewrites the page and is not counted as a sitting
     result = run_module("open_clip_dive.minibench", argv, cwd=tmp_path, env=env, timeout=1100)
     assert result.returncode == 0 and _ledger(tmp_path) == ledger
     assert "ran 0 job(s)" in result.stdout
+    assert json.loads((tmp_path / "res" / "run.json").read_text())["sittings"] == run["sittings"]
+    assert "3 sitting(s) (1 of them killed and resumed" in (tmp_path / "res" / "README.md").read_text()
+    # another recipe on the same work dir: refused in one line, not served the runs of this one
+    result = run_module("open_clip_dive.minibench", argv + ["--steps", "4"], cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 2 and _ledger(tmp_path) == ledger
+    assert "--train-num-samples 4 (now 8)" in result.stderr and "give another --work-dir" in result.stderr
+    assert "Traceback" not in result.stderr
 
     # the committed record (the work dir without checkpoints and job logs, as git keeps it) on another machine:
     # nothing is trained again and the page has the same numbers

@@ -9,13 +9,13 @@ import pytest
 from open_clip_dive.bench import methods as M
 from open_clip_dive.bench.claims import judge_claims
 from open_clip_dive.bench.collect import aggregate, borrow_se, norm_trace
-from open_clip_dive.bench.page import outside_range_cells
-from open_clip_dive.bench.plan import best_weight, extension, is_interior, parse_grid_overrides, seeds_of
+from open_clip_dive.bench.page import steps_note, outside_range_cells
+from open_clip_dive.bench.plan import best_weight, extension, is_interior, parse_grid_overrides, parse_steps, seeds_of
 from open_clip_dive.bench.runner import Job, fold_interrupted, parse_only, read_sittings, selected
 from open_clip_dive.bench.stats import FAILS, HOLDS, UNSURE, frontier_gap, interpolate, judge, mean_se, pooled_sd
 from open_clip_dive.bench.tasks import tasks_of
 from open_clip_dive.errors import DiveUsageError
-from open_clip_dive.experiment import Recipe, train_command
+from open_clip_dive.experiment import Recipe, recipe_changes, train_command
 
 
 def test_mean_and_standard_error():
@@ -75,6 +75,16 @@ def test_seeds_and_grid_overrides():
             parse_grid_overrides([bad], M.METHODS)
 
 
+def test_run_length_per_task():
+    assert parse_steps("80") == (80, {}) and parse_steps("80,digits=160") == (80, {"digits": 160})
+    assert parse_steps("digits=160, 40") == (40, {"digits": 160})
+    for bad in ("", "digits=160", "80,90", "0", "80,digits=x", "80,=5", "eighty"):
+        with pytest.raises(ValueError, match="--steps"):
+            parse_steps(bad)
+    assert steps_note({"a": Recipe(steps=80), "b": Recipe(steps=80)}) == "80 steps"
+    assert steps_note({"a": Recipe(steps=80), "b": Recipe(steps=160)}) == "80 steps (a), 160 (b)"
+
+
 def test_only_selects_by_task_method_and_seed():
     only = parse_only(["method=flyp,dive", "seed=0"])
     job = lambda **tags: Job("j", [], "done", "log", tags={k: set(v) for k, v in tags.items()})  # noqa: E731
@@ -125,6 +135,23 @@ def test_train_command_of_every_registry_method():
         assert "--dive-bn-eval" in cmd and "--dive-deterministic" in cmd
     with pytest.raises(ValueError, match="--dive-avl-weight"):
         train_command("model", data, "out", "x", "dive", recipe)  # a weighted loss without its weight
+
+
+def test_a_finished_run_is_compared_with_the_recipe_that_would_train_it(tmp_path):
+    """A work dir of 80-step runs once served a --steps 160 plan as if its runs were 160-step ones."""
+    data = {"id_train": "id.tar", "classnames": "c.json", "templates": "t.json", "reference": "ref.tar"}
+    cmd = train_command("model", data, "out", "dive-w1-s0", "dive", Recipe(steps=80, epochs=4, batch_size=16), 1.0)
+    params = tmp_path / "params.txt"  # as open_clip writes it (other machine's paths, numbers as Python prints them)
+    params.write_text("batch_size: 16\ndive_avl_weight: 1.0\ndive_bn_eval: True\ndive_deterministic: True\n"
+                      "epochs: 4\nlog_every_n_steps: 4\nloss: dive\nlr: 0.0001\nseed: 0\n"
+                      "train_data: /elsewhere/id.tar\ntrain_num_samples: 320\nwarmup: 8\nwd: 0.1\n")
+    assert recipe_changes(cmd, str(params)) == []
+    longer = train_command("model", data, "out", "dive-w1-s0", "dive", Recipe(steps=160, epochs=4, batch_size=16), 1.0)
+    assert recipe_changes(longer, str(params)) == ["--train-num-samples 320 (now 640)"]  # log interval not compared
+    other = train_command("model", data, "out", "dive-w1-s0", "dive", Recipe(steps=80, epochs=4, batch_size=16,
+                                                                             bn_eval=False, seed=1), 10.0)
+    assert recipe_changes(other, str(params)) == ["--seed 0 (now 1)", "--dive-bn-eval True (now False)",
+                                                  "--dive-avl-weight 1.0 (now 10)"]
 
 
 def test_seed_changes_every_random_stream_of_the_trainer():
@@ -196,4 +223,9 @@ def test_a_killed_sitting_is_counted_up_to_its_last_finished_job(tmp_path):
     # a sitting folded while it still ran (a --dry-run beside it) that then ended counts once, as ended
     with open(tmp_path / "sittings.jsonl", "a") as f:
         f.write(line(started="2026-12-01T11:00:00", wall_s=900.0, ran=4))
+    assert [s["wall_s"] for s in read_sittings(str(tmp_path))] == [600.0, 900.0]
+    # a sitting that ran no job (a dry run) is not one: the lines an older pipeline wrote for them are left out
+    with open(tmp_path / "sittings.jsonl", "a") as f:
+        f.write(line(started="2026-12-01T12:00:00", wall_s=80.0, ran=0, dry_run=True)
+                + line(started="2026-12-01T13:00:00", wall_s=90.0, ran=0, dry_run=False))
     assert [s["wall_s"] for s in read_sittings(str(tmp_path))] == [600.0, 900.0]

@@ -141,10 +141,13 @@ def test_eval_suite_runs_after_every_epoch(tiny_data, tmp_path):
     suite = tmp_path / "suite.json"
     suite.write_text(__import__("json").dumps({"datasets": [
         {"name": "tiny-id", "group": "id", "type": "wds", "path": tiny_data["id"],
-         "classnames": tiny_data["classnames"], "templates": "photo"}]}))
-    assert main(dive_args(tiny_data, tmp_path, "evalrun", "--dive-eval-suite", str(suite), "--epochs", "2",
-                          "--train-num-samples", "16")) == 0
-    for epoch in (1, 2):
+         "classnames": tiny_data["classnames"], "templates": "photo"},
+        {"name": "tiny-zs", "group": "zeroshot", "type": "wds", "path": tiny_data["id"],
+         "classnames": tiny_data["classnames"], "templates": "simple"}]}))
+    assert main(dive_args(tiny_data, tmp_path, "evalrun", "--dive-eval-suite", str(suite), "--epochs", "3",
+                          "--train-num-samples", "16", "--zeroshot-frequency", "2")) == 0
+    for epoch, zeroshot in ((1, False), (2, True), (3, True)):  # the zero-shot group: open_clip's frequency + last
         results = tmp_path / "evalrun" / "dive_eval" / f"epoch_{epoch}" / "results.json"
         scored = __import__("json").loads(results.read_text())
-        assert any("tiny-id" in run.get("datasets", {}) for run in scored["runs"].values()), epoch
+        datasets = scored["runs"][f"epoch_{epoch}"]["datasets"]
+        assert "tiny-id" in datasets and ("tiny-zs" in datasets) == zeroshot, epoch

@@ -228,6 +228,14 @@ def _cost_table(ledger):
                   [[k, str(len(v)), f"{sum(v) / len(v):.0f}", f"{sum(v) / 60:.1f}"] for k, v in sorted(kinds.items())])
 
 
+def steps_note(recipes):
+    """'80 steps' when every task trains as long, else e.g. '80 steps (fashion-mnist), 160 (digits)'."""
+    steps = {t: r.steps for t, r in recipes.items()}
+    if len(set(steps.values())) == 1:
+        return f"{next(iter(steps.values()))} steps"
+    return ", ".join(f"{n}{' steps' if i == 0 else ''} ({t})" for i, (t, n) in enumerate(steps.items()))
+
+
 def _interrupted_note(sittings):
     n = sum(1 for s in sittings if s.get("interrupted"))
     return f" ({n} of them killed and resumed: counted up to their last finished job)" if n else ""
@@ -242,12 +250,13 @@ def write_page(bench, args):
     results = {t: task_results(bench, t, out) for t in bench.tasks}
     sittings = read_sittings(bench.work)
     ledger = [json.loads(x) for x in open(bench.runner.ledger)] if os.path.exists(bench.runner.ledger) else []
-    wall = sum(s["wall_s"] for s in sittings if not s.get("dry_run"))
+    wall = sum(s["wall_s"] for s in sittings)
     versions = {"python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__,
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     run_info = {"criterion": "mean of the ID validation top-1 and the zero-shot dev average after the last epoch "
                              "(seed 0); test splits are used for nothing but the reported numbers",
-                "recipe": vars(bench.recipe), "args": {k: v for k, v in vars(args).items() if k != "only_sel"},
+                "recipe": {**vars(bench.recipe), "steps": {t: r.steps for t, r in bench.recipes.items()}},
+                "args": {k: v for k, v in vars(args).items() if k != "only_sel"},
                 "selection": {t: {m: {**e, "scores": {f"{w:g}": s for w, s in e["scores"].items()}}
                                   for m, e in r["selection"].items()} for t, r in results.items()},
                 "best_baseline": {t: r["best_baseline"] for t, r in results.items()},
@@ -284,7 +293,7 @@ def write_page(bench, args):
              "scores in `run.json`, every number in `results.json` / `results.csv`, plots in `plots/`.", "",
              *([ANALYSIS_LINK, ""] if os.path.isfile(os.path.join(out, "analysis.md")) else []),
              "## Setup", "",
-             f"- Recipe, every method and task: {r.steps} steps in {r.epochs} epochs, batch {r.batch_size} ID + "
+             f"- Recipe, every method: {steps_note(bench.recipes)} in {r.epochs} epochs, batch {r.batch_size} ID + "
              f"{r.ref_batch_size} reference, AdamW lr {r.lr:g}, wd {r.wd:g}, cosine, {r.warmup} warmup steps, fp32, "
              "BatchNorm statistics and dropout frozen for every method.",
              f"- Seeds: {seeds_note}. A seed changes the data order, the prompts, the augmentation and the "
@@ -296,7 +305,9 @@ def write_page(bench, args):
                  ["λ of every weighted method (grid, extension)", "ID val + zero-shot dev, seed 0"],
                  ["the best baseline (gets all seeds)", "the same score"],
                  ["LP-FT's linear-probe C", "ID val (tools.linear_probe)"],
-                 ["run length, recipe, grids, WiSE-FT alphas", "fixed before the run (not tuned)"],
+                 ["run length per task (`--steps`)", "by hand before the sitting, from FLYP's ID val curves "
+                  "(run_length.md)"],
+                 ["recipe, grids, WiSE-FT alphas", "fixed before the run (not tuned)"],
                  ["test splits (ID test, OOD, zero-shot test)", "nothing: reported only"]]), ""]
     parts += [task_markdown(t, res, bench) for t, res in results.items()]
     parts += ["## Cost (measured: every job's wall time, <work>/ledger.jsonl)", "", _cost_table(ledger), "",

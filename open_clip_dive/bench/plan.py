@@ -1,5 +1,5 @@
 """Choices made from validation scores, as pure functions: the grid's extension while the best weight sits at an
-end, the selected weight, the best baseline, the seeds each method gets, and what the plan costs."""
+end, the selected weight, the best baseline, the seeds each method gets; and the parsing of --grid / --steps."""
 
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -70,8 +70,24 @@ def parse_grid_overrides(items: Sequence[str], known: Sequence[str]) -> Dict[str
     return out
 
 
-def budget(counts: Dict[str, int], seconds: Dict[str, float], jobs: int, speedup: float) -> Dict[str, float]:
-    """Wall-clock estimate of a plan: sum of count x seconds per kind of job (single-job seconds), divided by the
-    throughput gain of `jobs` runs side by side (`speedup`, measured; 1 for one job)."""
-    serial = sum(counts[k] * seconds[k] for k in counts)
-    return {"serial_s": serial, "wall_s": serial / (speedup if jobs > 1 else 1.0)}
+def parse_steps(spec: str) -> Tuple[int, Dict[str, int]]:
+    """'80,digits=160' -> (80, {'digits': 160}): a bare number for every task, TASK=N for one; a bad item raises
+    ValueError naming it."""
+    default, per_task = None, {}
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        task, sep, value = item.rpartition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1 or (sep and not task):
+            raise ValueError(f"--steps '{spec}': expected N or TASK=N items (positive integers), e.g. 80,digits=160")
+        if sep:
+            per_task[task] = n
+        elif default is None:
+            default = n
+        else:
+            raise ValueError(f"--steps '{spec}': more than one number for every task")
+    if default is None:
+        raise ValueError(f"--steps '{spec}': give the number of steps of every task first, e.g. 80,digits=160")
+    return default, per_task

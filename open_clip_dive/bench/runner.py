@@ -76,7 +76,7 @@ def fold_interrupted(work: str) -> List[dict]:
         t0 = time.mktime(time.strptime(started, TIME_FORMAT))
         last = max(time.mktime(time.strptime(e["finished"], TIME_FORMAT)) for e in entries)
         added.append({"argv": None, "started": started, "wall_s": round(last - t0, 1), "ran": len(entries),
-                      "jobs": entries[-1]["jobs"], "threads": entries[-1]["threads"], "dry_run": False,
+                      "jobs": entries[-1]["jobs"], "threads": entries[-1]["threads"],
                       "interrupted": True, "finished": time.strftime(TIME_FORMAT, time.localtime(last))})
     if added:
         with open(sittings, "a") as f:
@@ -85,9 +85,11 @@ def fold_interrupted(work: str) -> List[dict]:
 
 
 def read_sittings(work: str) -> List[dict]:
-    """The sittings' lines; a sitting folded as interrupted that then ended (a dry run beside it) counts once."""
+    """The sittings' lines; a sitting folded as interrupted that then ended (a dry run beside it) counts once.
+    A sitting that ran no job is not one: lines an older pipeline wrote for one (a dry run) are left out."""
     path = os.path.join(work, "sittings.jsonl")
     lines = [json.loads(x) for x in open(path)] if os.path.isfile(path) else []
+    lines = [s for s in lines if s.get("ran") and not s.get("dry_run")]
     ended = {s.get("started") for s in lines if not s.get("interrupted")}
     return [s for s in lines if not (s.get("interrupted") and s.get("started") in ended)]
 

@@ -37,7 +37,8 @@ def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer, head=No
     """Evaluate the model being trained on `args.dive_eval_suite` (a suite name, comma list or YAML/JSON file).
 
     Rank 0 only (other ranks return {} at once). The model may be DDP-wrapped; its train/eval mode is restored.
-    Optional args: dive_eval_data_paths (YAML/JSON {dataset: path}), dive_eval_max_samples, workers.
+    Optional args: dive_eval_data_paths (YAML/JSON {dataset: path}), dive_eval_max_samples, workers;
+    zeroshot_frequency and epochs (open_clip's): the zero-shot group only every N epochs and after the last.
     `head`: the loss's classification head (losses.classifier.TrainedHead), used on the datasets of its classes.
     Writes <logs>/<name>/dive_eval/epoch_<epoch>/results.json (+ .md, .csv) and returns flat metrics:
     `dive_eval/<dataset>/top1|top5|macro_f1` and `dive_eval/id|ood_avg|zeroshot_avg`.
@@ -58,11 +59,20 @@ def evaluate_in_training(model, args, epoch: int, preprocess, tokenizer, head=No
         return {}
 
 
+def _zeroshot_due(args, epoch: int) -> bool:
+    """Whether the suite's zero-shot group is evaluated after `epoch` (1-based): as open_clip evaluates its own
+    zero-shot ImageNet, every --zeroshot-frequency epochs and after the last one; never at frequency 0."""
+    every = getattr(args, "zeroshot_frequency", 1)
+    return bool(every) and (epoch % every == 0 or epoch == getattr(args, "epochs", epoch))
+
+
 def _evaluate(model, args, epoch: int, preprocess, tokenizer, head=None) -> Dict[str, float]:
     from .report import write_reports
     from .runner import log as eval_log
 
     specs = _training_suite(args)
+    if not _zeroshot_due(args, epoch):  # open_clip's convention for its own zero-shot evaluation
+        specs = [s for s in specs if s.group != "zeroshot"]
     config = EvalConfig(device=str(getattr(args, "device", "cpu")), precision=getattr(args, "precision", "fp32"),
                         batch_size=getattr(args, "batch_size", 256), workers=getattr(args, "workers", 0), progress=False)
     if not eval_log.handlers and not logging.getLogger().handlers:
