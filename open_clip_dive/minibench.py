@@ -129,7 +129,7 @@ class Bench:
                                  f"{', '.join(tasks_of(layout))}")
         self.recipe = Recipe(steps=args.steps_all, epochs=args.epochs, batch_size=args.batch_size,
                              ref_batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                             eval_max_samples=args.val_samples or None,
+                             eval_max_samples=args.val_samples or None, log_every=max(1, args.steps_all // 20),
                              zeroshot_frequency=args.epochs)  # the zero-shot dev sets after the last epoch only
         self.recipes = {t: dataclasses.replace(self.recipe, steps=n, log_every=max(1, n // 20))
                         for t, n in ((t, args.steps_of.get(t, args.steps_all)) for t in self.tasks)}

@@ -163,3 +163,26 @@ def test_placement_check_catches_a_tensor_the_loss_keeps_off_the_device():
     assert len(used) == 1 and used[0].startswith("step failed") and "device" in used[0], used
     carried = gpu_check.placement_problems("meta", "dive", models, factory=lambda a: CentredDiVE(a, False))
     assert carried == ["loss:centre on cpu"], carried
+
+
+def test_minibench_cost_gives_back_the_committed_record_at_its_own_steps():
+    """The estimator's split of every job (start-up, steps, in-training evaluation) adds up to the record: at the
+    record's 80 steps and its pipeline (zero-shot dev after every epoch) it returns the record's own job time."""
+    from open_clip_dive.bench.runner import read_sittings
+
+    work = os.path.join(REPO, "docs", "results", "work")
+    ledger = [json.loads(x) for x in open(os.path.join(work, "ledger.jsonl"))]
+    wall = sum(s["wall_s"] for s in read_sittings(work))
+
+    def estimate(*flags):
+        out = subprocess.run([sys.executable, os.path.join(BENCH, "minibench_cost.py"), "--work-dir", work, *flags],
+                             capture_output=True, text=True, env=subprocess_env(), cwd=REPO, check=True).stdout
+        job_min, wall_min = out.strip().splitlines()[-1].split(": ")[1].split(", ")
+        return float(job_min.split()[0]), float(wall_min.split()[0])
+
+    steps = json.load(open(os.path.join(REPO, "docs", "results", "run.json")))["recipe"]["steps"]  # per task
+    own = ",".join([str(min(steps.values()))] + [f"{t}={n}" for t, n in steps.items()])
+    job_min = sum(j["seconds"] for j in ledger) / 60
+    assert estimate("--steps", own, "--zeroshot-every-epoch") == (round(job_min, 1), round(wall / 60, 1))
+    doubled = ",".join([str(2 * max(steps.values()))] + [f"{t}={2 * n}" for t, n in steps.items()])
+    assert estimate("--steps", own)[0] < job_min < estimate("--steps", doubled)[0]  # zero-shot dev once; 2x steps
