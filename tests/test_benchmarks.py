@@ -186,3 +186,42 @@ def test_minibench_cost_gives_back_the_committed_record_at_its_own_steps():
     assert estimate("--steps", own, "--zeroshot-every-epoch") == (round(job_min, 1), round(wall / 60, 1))
     doubled = ",".join([str(2 * max(steps.values()))] + [f"{t}={2 * n}" for t, n in steps.items()])
     assert estimate("--steps", own)[0] < job_min < estimate("--steps", doubled)[0]  # zero-shot dev once; 2x steps
+
+
+def _flyp_probe(work, task, steps, curves):
+    """A finished FLYP run per seed as a mini benchmark sitting leaves it: params.txt and the in-training
+    evaluation of every epoch."""
+    for seed, curve in curves.items():
+        run = work / task / "runs" / f"flyp-s{seed}"
+        run.mkdir(parents=True)
+        (run / "params.txt").write_text(f"batch_size: 16\nepochs: {len(curve)}\n"
+                                        f"train_num_samples: {steps // len(curve) * 16}\n")
+        for e, acc in enumerate(curve, 1):
+            (run / "dive_eval" / f"epoch_{e}").mkdir(parents=True)
+            (run / "dive_eval" / f"epoch_{e}" / "results.json").write_text(
+                json.dumps({"runs": {f"epoch_{e}": {"summary": {"id": acc / 100}}}}))
+
+
+def test_run_length_reads_the_last_epoch_gain_and_the_gain_of_a_doubled_run_paired_by_seed(tmp_path):
+    import run_length
+
+    _flyp_probe(tmp_path / "a", "digits", 80, {0: [80, 90, 92, 94], 1: [80, 88, 91, 92], 2: [81, 89, 91, 93]})
+    _flyp_probe(tmp_path / "b", "digits", 160, {0: [90, 94, 95, 95.5], 1: [89, 92, 94, 94.5], 2: [90, 93, 95, 95.5]})
+    _flyp_probe(tmp_path / "b", "digits-unfinished", 160, {0: [90, 94]})  # epochs 3, 4 missing: left out
+    (tmp_path / "b" / "digits-unfinished" / "runs" / "flyp-s0" / "params.txt").write_text(
+        "batch_size: 16\nepochs: 4\ntrain_num_samples: 640\n")
+    table = run_length.rows(run_length.flyp_curves([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert [(r["task"], r["steps"], r["seeds"]) for r in table] == [("digits", 80, [0, 1, 2]), ("digits", 160, [0, 1, 2])]
+    short, long = table
+    assert short["last_gain"][0] == pytest.approx(5 / 3) and short["doubling"] is None
+    assert short["last_verdict"] == "cannot tell"  # 1.67 ± 0.33: above 1 point, not by 2 SE
+    assert long["last_gain"][0] == pytest.approx(0.5) and long["last_verdict"] == "holds"  # 0.5 ± 0: inside 1
+    d = long["doubling"]
+    assert d["from"] == 80 and d["gain"][0] == pytest.approx((1.5 + 2.5 + 2.5) / 3) and d["gain"][2] == 3
+    assert d["verdict"] == "does not hold"  # +2.17 ± 0.33: a doubled run still gains
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "run_length.py"), str(tmp_path / "a"),
+                          str(tmp_path / "b")], capture_output=True, text=True, env=subprocess_env(), check=True).stdout
+    assert "| digits | 160 | 3 | 89.7 ± 0.3 → " in out and "2.2 ± 0.3 (vs 80, 3 paired) | does not hold |" in out
+    bad = subprocess.run([sys.executable, os.path.join(BENCH, "run_length.py"), str(tmp_path / "nowhere")],
+                         capture_output=True, text=True, env=subprocess_env())
+    assert bad.returncode == 2 and "nowhere: no such work dir" in bad.stderr and "Traceback" not in bad.stderr

@@ -305,8 +305,8 @@ def write_page(bench, args):
                  ["λ of every weighted method (grid, extension)", "ID val + zero-shot dev, seed 0"],
                  ["the best baseline (gets all seeds)", "the same score"],
                  ["LP-FT's linear-probe C", "ID val (tools.linear_probe)"],
-                 ["run length per task (`--steps`)", "by hand before the sitting, from FLYP's ID val curves "
-                  "(run_length.md)"],
+                 ["run length per task (`--steps`)", "by hand before the sitting (FLYP's ID val curves at several "
+                  "run lengths: run_length.md)"],
                  ["recipe, grids, WiSE-FT alphas", "fixed before the run (not tuned)"],
                  ["test splits (ID test, OOD, zero-shot test)", "nothing: reported only"]]), ""]
     parts += [task_markdown(t, res, bench) for t, res in results.items()]
