@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from open_clip_dive.bench.plan import parse_steps  # noqa: E402
 from open_clip_dive.bench.runner import read_sittings  # noqa: E402
+from open_clip_dive.provenance import read_params  # noqa: E402
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d,\d\d:\d\d:\d\d) ")
 EVAL = re.compile(r"\[(id|zeroshot)\]: .*\(\d+ images, ([\d.]+) s\)")
@@ -45,10 +46,10 @@ def split_log(path):
     return (start - times[0]).total_seconds(), train, ev["id"], ev["zeroshot"]
 
 
-def trained_steps(run_dir):
-    """Optimizer steps of a finished run, from open_clip's params.txt (samples per epoch / batch x epochs)."""
-    params = dict(line.rstrip("\n").split(": ", 1) for line in open(os.path.join(run_dir, "params.txt")) if ": " in line)
-    return int(params["train_num_samples"]) // int(params["batch_size"]) * int(params["epochs"])
+def trained_steps(p):
+    """Optimizer steps of a finished run from its open_clip params.txt (read_params): samples per epoch / batch
+    x epochs."""
+    return int(p["train_num_samples"]) // int(p["batch_size"]) * int(p["epochs"])
 
 
 def main(argv=None):
@@ -73,7 +74,8 @@ def main(argv=None):
         zs = ev_zs if args.zeroshot_every_epoch else ev_zs / args.epochs
         steps = per_task.get(task, every)
         recorded[task] = recorded.get(task, 0.0) + job
-        estimate[task] = estimate.get(task, 0.0) + other + train * steps / trained_steps(os.path.dirname(log)) + ev_id + zs
+        ran = trained_steps(read_params(os.path.join(os.path.dirname(log), "params.txt")))
+        estimate[task] = estimate.get(task, 0.0) + other + train * steps / ran + ev_id + zs
     for j in ledger:  # test evaluations and linear probes: independent of the run length
         if "/eval-" in j["job"] or j["job"].endswith("/lp-head"):
             task = j["job"].split("/")[0]

@@ -23,10 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from open_clip_dive.bench.claims import PARITY  # noqa: E402
 from open_clip_dive.bench.stats import fmt, judge, mean_se  # noqa: E402
+from open_clip_dive.provenance import read_params  # noqa: E402
 
-
-def _params(run_dir):
-    return dict(line.rstrip("\n").split(": ", 1) for line in open(os.path.join(run_dir, "params.txt")) if ": " in line)
+from minibench_cost import trained_steps  # noqa: E402  (this folder)
 
 
 def flyp_curves(work_dirs):
@@ -34,9 +33,8 @@ def flyp_curves(work_dirs):
     out = {}
     for work in work_dirs:
         for run in sorted(glob.glob(os.path.join(work, "*", "runs", "flyp-s*"))):
-            p = _params(run)
-            epochs = int(p["epochs"])
-            steps = int(p["train_num_samples"]) // int(p["batch_size"]) * epochs
+            params = read_params(os.path.join(run, "params.txt"))
+            epochs, steps = int(params["epochs"]), trained_steps(params)
             curve = []
             for e in range(1, epochs + 1):
                 path = os.path.join(run, "dive_eval", f"epoch_{e}", "results.json")

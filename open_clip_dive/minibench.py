@@ -109,6 +109,10 @@ def check_args(args):
     args.only_sel = parse_only(args.only)
 
 
+def _log_every(steps: int) -> int:
+    return max(1, steps // 20)  # about 20 loss lines per run, whatever its length
+
+
 class Bench:
     """The plan, built phase by phase from what has finished (the validation scores decide the next phase)."""
 
@@ -129,9 +133,9 @@ class Bench:
                                  f"{', '.join(tasks_of(layout))}")
         self.recipe = Recipe(steps=args.steps_all, epochs=args.epochs, batch_size=args.batch_size,
                              ref_batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                             eval_max_samples=args.val_samples or None, log_every=max(1, args.steps_all // 20),
+                             eval_max_samples=args.val_samples or None, log_every=_log_every(args.steps_all),
                              zeroshot_frequency=args.epochs)  # the zero-shot dev sets after the last epoch only
-        self.recipes = {t: dataclasses.replace(self.recipe, steps=n, log_every=max(1, n // 20))
+        self.recipes = {t: dataclasses.replace(self.recipe, steps=n, log_every=_log_every(n))
                         for t, n in ((t, args.steps_of.get(t, args.steps_all)) for t in self.tasks)}
         self.selection = {}  # task -> method -> {"scores": {w: s}, "extensions": [...], "selected", "interior"}
 
