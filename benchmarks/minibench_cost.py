@@ -4,6 +4,7 @@ evaluations come from the ledger. Training time scales with the steps; the rest 
 
     python benchmarks/minibench_cost.py --steps 80,digits=160              # from docs/results/work
     python benchmarks/minibench_cost.py --steps 80,digits=160 --zeroshot-every-epoch
+    python benchmarks/minibench_cost.py --steps 320 --step-speedup 1.7   # steps 1.7x faster than the record's
 
 Prints minutes per task (serial job time) and the wall clock at the record's own speed-up of its side-by-side
 runs (serial job time over the sittings' wall time). An estimate for the machine that ran the record.
@@ -59,6 +60,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--zeroshot-every-epoch", action="store_true",
                    help="the zero-shot dev sets after every epoch (the record's pipeline), not after the last only")
+    p.add_argument("--step-speedup", type=float, default=1.0,
+                   help="training steps this many times faster than the record's (a code change measured side by "
+                        "side, e.g. by launch_scripts' A/B of one job); evaluations keep the record's time")
     args = p.parse_args(argv)
     every, per_task = parse_steps(args.steps)
     ledger = [json.loads(x) for x in open(os.path.join(args.work_dir, "ledger.jsonl"))]
@@ -75,7 +79,7 @@ def main(argv=None):
         steps = per_task.get(task, every)
         recorded[task] = recorded.get(task, 0.0) + job
         ran = trained_steps(read_params(os.path.join(os.path.dirname(log), "params.txt")))
-        estimate[task] = estimate.get(task, 0.0) + other + train * steps / ran + ev_id + zs
+        estimate[task] = estimate.get(task, 0.0) + other + train * steps / ran / args.step_speedup + ev_id + zs
     for j in ledger:  # test evaluations and linear probes: independent of the run length
         if "/eval-" in j["job"] or j["job"].endswith("/lp-head"):
             task = j["job"].split("/")[0]

@@ -36,6 +36,7 @@ class Recipe:
     deterministic: bool = True
     device: str = "cpu"
     precision: str = "fp32"
+    fused_adamw: bool = True  # the same AdamW update, ~4x faster on CPU (speed.py)
     extra: List[str] = field(default_factory=list)
 
 
@@ -91,6 +92,8 @@ def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str
            "--loss", loss,
            "--dive-bn-eval" if recipe.bn_eval else "--no-dive-bn-eval",
            "--dive-deterministic" if recipe.deterministic else "--no-dive-deterministic"]
+    if recipe.fused_adamw:
+        cmd += ["--dive-fused-adamw"]
     if loss_uses_reference(loss):
         cmd += ["--dive-ref-data", data["reference"], "--dive-ref-batch-size", str(recipe.ref_batch_size),
                 "--dive-ref-workers", str(recipe.workers)]
@@ -110,10 +113,11 @@ def train_command(model_dir: str, data: dict, out_dir: str, name: str, loss: str
     return cmd + recipe.extra
 
 
-# flags that name files or folders (they differ from machine to machine, the training does not), logging and the
-# evaluation schedule
+# flags that name files or folders (they differ from machine to machine, the training does not), logging, the
+# evaluation schedule and the optimizer kernel
 UNCOMPARED_FLAGS = {"model", "train_data", "classnames", "templates", "logs", "name", "dive_ref_data",
-                    "dive_head_init", "dive_eval_suite", "log_every_n_steps", "zeroshot_frequency"}
+                    "dive_head_init", "dive_eval_suite", "log_every_n_steps", "zeroshot_frequency",
+                    "dive_fused_adamw"}
 
 
 def _flag_values(cmd: List[str]) -> Dict[str, str]:

@@ -25,6 +25,7 @@ from .determinism import check_deterministic, eval_mode_costs
 from .distributed import any_rank, barrier
 from .errors import DiveRunError, DiveUsageError
 from .finite import check_weights
+from .speed import channels_last_image_tower
 from .loss_choice import ignored_flags, ignored_frozen_flags
 from .losses import create_loss as registry_create_loss
 from .loss_setup import prepare_loss
@@ -300,6 +301,8 @@ def create_model_and_transforms(*args, **kwargs):
         ckpt.remove_partials(run.args.checkpoint_path)  # a killed or failed write's, which may hold the disk full
     model, _, run.preprocess_val = result
     run.model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if channels_last_image_tower(model):  # before the frozen copy, which inherits the layout
+        logging.info("The image tower's convolutions run channels-last (same features, faster).")
     a = run.args
     if a.loss is not None:
         run.loss = registry_create_loss(a)

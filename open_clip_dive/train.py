@@ -19,9 +19,11 @@ from open_clip_train.precision import get_autocast
 from open_clip_train.train import AverageMeter, backward, unwrap_model
 
 from .determinism import set_train_mode
+from .errors import DiveUsageError
 from .finite import check_losses
 from .losses import frozen_batch, image_tower_only, in_batch_negatives, needs_labels
 from .raw_features import RawFeatureTap
+from .speed import channels_last, cut_padding, has_channels_last_images, text_padding_id, use_fused_kernel
 
 try:
     import wandb
@@ -60,14 +62,17 @@ class TrainingStep:
         self.device = torch.device(args.device)
         self.autocast = get_autocast(args.precision, device_type=self.device.type)
         self.input_dtype = get_input_dtype(args.precision)
+        bare = unwrap_model(model)
+        self.pad_id, self.channels_last = text_padding_id(bare), has_channels_last_images(bare)
 
     def _inputs(self, batch, ref):
         images = batch["image"]
         texts = None if image_tower_only(self.loss) else batch["text"]  # a classifier loss runs the image tower only
         if ref is not None:
             images, texts = torch.cat([images, ref["image"]]), torch.cat([texts, ref["text"]])
-        return (images.to(device=self.device, dtype=self.input_dtype, non_blocking=True),
-                None if texts is None else texts.to(device=self.device, non_blocking=True))
+        images = images.to(device=self.device, dtype=self.input_dtype, non_blocking=True)
+        texts = None if texts is None else cut_padding(texts, self.pad_id).to(device=self.device, non_blocking=True)
+        return (channels_last(images) if self.channels_last else images), texts
 
     def _loss_inputs(self, model_out, batch, ref, images, texts, raw=None):
         """Split [ID; reference] outputs into open_clip's names and ref_*; add the frozen model's outputs on the batch
@@ -121,7 +126,9 @@ class TrainingStep:
             if self.args.distill:
                 with torch.no_grad():
                     n = batch["image"].shape[0]
-                    inputs.update({f"dist_{k}": v for k, v in self.dist_model(images[:n], texts[:n]).items()})
+                    # the teacher gets the full-length tokens: its text tower may need them (speed.py)
+                    texts_full = batch["text"].to(self.device, non_blocking=True)
+                    inputs.update({f"dist_{k}": v for k, v in self.dist_model(images[:n], texts_full).items()})
             losses = self.loss(**inputs, output_dict=True)
         return losses, model_out["logit_scale"]
 
@@ -200,6 +207,9 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
     if args.distill:
         dist_model.eval()
     step_fn = TrainingStep(model, loss, args, frozen=run.reference, dist_model=dist_model)
+    if getattr(args, "dive_fused_adamw", False) and not use_fused_kernel(optimizer):
+        raise DiveUsageError(f"--dive-fused-adamw: torch has no fused kernel for {type(optimizer).__name__} on "
+                             f"{args.device}; drop the flag")
 
     data["train"].set_epoch(epoch)
     dataloader = data["train"].dataloader

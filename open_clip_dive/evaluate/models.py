@@ -9,6 +9,7 @@ import torch
 
 from ..errors import DiveUsageError
 from ..provenance import preprocess_kwargs, trained_with
+from ..speed import channels_last_image_tower
 
 
 class ModelError(DiveUsageError):
@@ -76,8 +77,7 @@ def load_model(label: str, model_name: str, pretrained: Optional[str], device="c
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"run '{label}': could not load {model_name} / {pretrained}: {first}") from None
     model.eval()
-    # channels-last convolutions: ~1.7x faster for the default EfficientNet tower on CPU, a no-op for ViT
-    model.visual.to(memory_format=torch.channels_last)
+    channels_last_image_tower(model)  # ~1.7x faster for the default EfficientNet tower on CPU
     tokenizer = open_clip.get_tokenizer(model_name)
     return LoadedModel(label, model, transform, tokenizer, model_name, pretrained)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DiveUsageError
+from ..speed import cutting_tokenizer, text_padding_id
 from .datasets import PreparedDataset, prepare
 from .heads import HeadCache, zeroshot_logits
 from .metrics import classification_metrics, group_average, project_logits
@@ -132,6 +133,7 @@ class SuiteEvaluator:
         whose head classes are its training classes (ID and its OOD sets), the text-tower head the others; with
         `alpha` < 1 it is interpolated with the zero-shot head as WiSE-FT does. Each dataset's `head` says which."""
         model = unwrap(model)
+        tokenizer = cutting_tokenizer(tokenizer, text_padding_id(model))
         was_training = model.training
         model.eval()
         heads = HeadCache()
@@ -162,6 +164,7 @@ class SuiteEvaluator:
         (spread evenly over an ImageFolder), and their captions when the shards have `txt`, else `n` distinct
         class prompts (template-major round robin over the classes)."""
         model = unwrap(model)
+        tokenizer = cutting_tokenizer(tokenizer, text_padding_id(model))
         was_training = model.training
         model.eval()
         try:
