@@ -4,7 +4,7 @@ evaluations come from the ledger. Training time scales with the steps; the rest 
 
     python benchmarks/minibench_cost.py --steps 80,digits=160              # from docs/results/work
     python benchmarks/minibench_cost.py --steps 80,digits=160 --zeroshot-every-epoch
-    python benchmarks/minibench_cost.py --steps 320 --step-speedup 1.7   # steps 1.7x faster than the record's
+    python benchmarks/minibench_cost.py --steps 320 --step-speedup 2   # steps 2x faster than the record's
 
 Prints minutes per task (serial job time) and the wall clock at the record's own speed-up of its side-by-side
 runs (serial job time over the sittings' wall time). An estimate for the machine that ran the record.
@@ -62,7 +62,7 @@ def main(argv=None):
                    help="the zero-shot dev sets after every epoch (the record's pipeline), not after the last only")
     p.add_argument("--step-speedup", type=float, default=1.0,
                    help="training steps this many times faster than the record's (a code change measured side by "
-                        "side, e.g. by launch_scripts' A/B of one job); evaluations keep the record's time")
+                        "side, e.g. by benchmarks/speed_paths.py); evaluations keep the record's time")
     args = p.parse_args(argv)
     every, per_task = parse_steps(args.steps)
     ledger = [json.loads(x) for x in open(os.path.join(args.work_dir, "ledger.jsonl"))]

@@ -25,7 +25,6 @@ from .determinism import check_deterministic, eval_mode_costs
 from .distributed import any_rank, barrier
 from .errors import DiveRunError, DiveUsageError
 from .finite import check_weights
-from .speed import channels_last_image_tower
 from .loss_choice import ignored_flags, ignored_frozen_flags
 from .losses import create_loss as registry_create_loss
 from .loss_setup import prepare_loss
@@ -37,6 +36,7 @@ from .raw_features import check_raw_features
 from .reference import build_reference, frozen_copy
 from .refcache import ReferenceCache, check_cache, model_fingerprint
 from .signals import original_handler, preempt_signals, protect_workers, take_early
+from .speed import channels_last_image_tower
 from .train import train_one_epoch as plugin_train_one_epoch
 
 UPSTREAM = {}  # name -> open_clip's original, captured once

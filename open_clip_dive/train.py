@@ -94,7 +94,8 @@ class TrainingStep:
         elif where == "id" and self.frozen is not None:
             # the loss may choose the texts the frozen model reads with the ID images (Lipsum-FT: random texts)
             frozen_texts = getattr(self.loss, "frozen_id_texts", None)
-            frozen_texts = frozen_texts(batch["text"]) if frozen_texts else (None if texts is None else texts[:n])
+            frozen_texts = cut_padding(frozen_texts(batch["text"]), self.pad_id) if frozen_texts else \
+                (None if texts is None else texts[:n])
             inputs["id0_image_features"], inputs["id0_text_features"] = self.frozen(images[:n], frozen_texts)
         if needs_labels(self.loss):
             inputs["labels"] = batch["label"].to(self.device, non_blocking=True)

@@ -186,6 +186,8 @@ def test_minibench_cost_gives_back_the_committed_record_at_its_own_steps():
     assert estimate("--steps", own, "--zeroshot-every-epoch") == (round(job_min, 1), round(wall / 60, 1))
     doubled = ",".join([str(2 * max(steps.values()))] + [f"{t}={2 * n}" for t, n in steps.items()])
     assert estimate("--steps", own)[0] < job_min < estimate("--steps", doubled)[0]  # zero-shot dev once; 2x steps
+    # twice the steps at twice the speed: the steps cost what they did, nothing else changes
+    assert estimate("--steps", doubled, "--step-speedup", "2")[0] == pytest.approx(estimate("--steps", own)[0], abs=0.1)
 
 
 def _flyp_probe(work, task, steps, curves):

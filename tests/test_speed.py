@@ -74,22 +74,27 @@ def test_open_clip_text_transformer_and_vit_are_left_alone():
     assert model.visual.conv1.weight.is_contiguous()
 
 
-def step_args(loss):
+def step_args(loss, classnames):
     return argparse.Namespace(**plugin_defaults() | dict(
         device="cpu", precision="fp32", distill=False, horovod=False, grad_clip_norm=None, local_loss=False,
         gather_with_grad=False, rank=0, world_size=1, siglip=False, model="conv-hf", loss=loss,
-        dive_avl_weight=10.0, dive_pvl_weight=10.0, dive_ema_momentum=0.9))
+        dive_avl_weight=10.0, dive_pvl_weight=10.0, dive_ema_momentum=0.9, dive_lipsum_weight=10.0,
+        classnames=classnames, templates="photo", seed=0))
 
 
-@pytest.mark.parametrize("loss_name", ["flyp", "dive"])
-def test_a_training_step_in_the_fast_layout_matches_the_plain_one(conv_hf_model, loss_name):
+# Lipsum-FT: the frozen model reads its random texts (2 + 8 tokens of 32)
+@pytest.mark.parametrize("loss_name", ["flyp", "dive", "lipsum"])
+def test_a_training_step_in_the_fast_layout_matches_the_plain_one(conv_hf_model, loss_name, tmp_path):
     model, tokenizer = conv_hf_model
     pretrained = copy.deepcopy(model)
     with torch.no_grad():  # away from the frozen copy, so DiVE's terms are not zero
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     g = torch.Generator().manual_seed(1)
-    id_batch = {"image": torch.randn(4, 3, 32, 32, generator=g), "text": tokenizer(PROMPTS)}
+    classnames = tmp_path / "classnames.txt"
+    classnames.write_text("t-shirt\nankle boot\nbag\n7\n")
+    id_batch = {"image": torch.randn(4, 3, 32, 32, generator=g), "text": tokenizer(PROMPTS),
+                "label": torch.arange(4)}
     ref = {"image": torch.randn(4, 3, 32, 32, generator=g), "text": tokenizer([p.upper() for p in PROMPTS])}
     ref = ref if loss_name == "dive" else None
 
@@ -97,20 +102,30 @@ def test_a_training_step_in_the_fast_layout_matches_the_plain_one(conv_hf_model,
         m, frozen = copy.deepcopy(model), copy.deepcopy(pretrained)
         if fast:
             channels_last_image_tower(m), channels_last_image_tower(frozen)
-        args = step_args(loss_name)
-        step = TrainingStep(m, create_loss(args), args, frozen=frozen_copy(frozen))
+        args = step_args(loss_name, str(classnames))
+        loss = create_loss(args)
+        if loss_name == "lipsum":
+            loss.init_from_model(m, tokenizer)  # its zero-shot head and token ids
+        reference = frozen_copy(frozen)
+        widths = []  # token columns the frozen model reads
+        encode = reference.forward
+        reference.forward = lambda images, texts, **kw: widths.append(texts.shape[1]) or encode(images, texts, **kw)
+        step = TrainingStep(m, loss, args, frozen=reference)
         assert (step.pad_id is not None, step.channels_last) == (True, fast)
         if not fast:
             step.pad_id = None
         losses, _ = step([(id_batch, ref)], torch.optim.SGD(m.parameters(), lr=0.0), None)
+        if loss_name != "flyp":
+            assert widths and all((w < 20) == fast for w in widths), widths
         return losses, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
 
     plain_losses, plain_grads = one_step(False)
     fast_losses, fast_grads = one_step(True)
     for key, value in plain_losses.items():
         assert fast_losses[key].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-7), key
-    if loss_name == "dive":
-        assert plain_losses["avl_loss"].item() > 1e-4  # the reference terms are live
+    live = {"dive": "avl_loss", "lipsum": "lipsum_loss"}.get(loss_name)
+    if live:
+        assert plain_losses[live].item() > 1e-6, plain_losses  # the frozen-model terms are live
     assert plain_grads.keys() == fast_grads.keys() and len(plain_grads) > 20
     # a key bias's gradient is zero up to rounding (softmax ignores a shift): a floor at the gradients' scale
     floor = 1e-5 * max(float(g.abs().max()) for g in plain_grads.values())
