@@ -36,7 +36,7 @@ from .raw_features import check_raw_features
 from .reference import build_reference, frozen_copy
 from .refcache import ReferenceCache, check_cache, model_fingerprint
 from .signals import original_handler, preempt_signals, protect_workers, take_early
-from .speed import channels_last_image_tower
+from .speed import channels_last_image_tower, use_fused_kernel
 from .train import train_one_epoch as plugin_train_one_epoch
 
 UPSTREAM = {}  # name -> open_clip's original, captured once
@@ -378,6 +378,9 @@ def create_loss(args):
 
 def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None):
     run = _run
+    if run is not None and run.active and args.dive_fused_adamw and not use_fused_kernel(optimizer):
+        raise DiveUsageError(f"--dive-fused-adamw: torch has no fused kernel for {type(optimizer).__name__} on "
+                             f"{args.device}; drop the flag")
     if run is None or not run.active or args.loss is None:  # plain open_clip
         return UPSTREAM["train_one_epoch"](model, data, loss, epoch, optimizer, scaler, scheduler, dist_model,
                                            args, tb_writer=tb_writer)

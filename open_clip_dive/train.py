@@ -19,11 +19,10 @@ from open_clip_train.precision import get_autocast
 from open_clip_train.train import AverageMeter, backward, unwrap_model
 
 from .determinism import set_train_mode
-from .errors import DiveUsageError
 from .finite import check_losses
 from .losses import frozen_batch, image_tower_only, in_batch_negatives, needs_labels
 from .raw_features import RawFeatureTap
-from .speed import channels_last, cut_padding, has_channels_last_images, text_padding_id, use_fused_kernel
+from .speed import channels_last, cut_padding, has_channels_last_images, text_padding_id
 
 try:
     import wandb
@@ -208,9 +207,6 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
     if args.distill:
         dist_model.eval()
     step_fn = TrainingStep(model, loss, args, frozen=run.reference, dist_model=dist_model)
-    if getattr(args, "dive_fused_adamw", False) and not use_fused_kernel(optimizer):
-        raise DiveUsageError(f"--dive-fused-adamw: torch has no fused kernel for {type(optimizer).__name__} on "
-                             f"{args.device}; drop the flag")
 
     data["train"].set_epoch(epoch)
     dataloader = data["train"].dataloader

@@ -155,15 +155,20 @@ def test_fused_adamw_makes_the_update_of_the_loop():
     assert not use_fused_kernel(torch.optim.SGD(loop, lr=0.1))
 
 
-def fused_argv(tiny_data, tmp_path, *extra):
-    return ["--model", TINY_MODEL, "--dive-model-config", write_tiny_model_config(str(tmp_path / "cfg")),
-            "--train-data", tiny_data["id"], "--train-num-samples", "16", "--classnames", tiny_data["classnames"],
-            "--batch-size", "8", "--epochs", "1", "--device", "cpu", "--precision", "fp32", "--workers", "0",
-            "--logs", str(tmp_path), "--name", "fused", "--report-to", "none", "--loss", "flyp", *extra]
+def fused_argv(tiny_data, tmp_path, *extra, plain=False):
+    data = ["--train-data", tiny_data["ref"]] if plain else \
+        ["--train-data", tiny_data["id"], "--classnames", tiny_data["classnames"], "--loss", "flyp"]
+    return ["--model", TINY_MODEL, "--dive-model-config", write_tiny_model_config(str(tmp_path / "cfg")), *data,
+            "--train-num-samples", "16", "--batch-size", "8", "--epochs", "1", "--device", "cpu",
+            "--precision", "fp32", "--workers", "0", "--logs", str(tmp_path), "--name", "fused",
+            "--report-to", "none", *extra]
 
 
-def test_a_run_with_fused_adamw_checkpoints_the_fused_optimizer(tiny_data, tmp_path):
-    assert main(fused_argv(tiny_data, tmp_path, "--dive-fused-adamw")) == 0
+# plain: image-caption shards and no --loss, so open_clip's own training loop runs
+@pytest.mark.parametrize("plain", [False, True], ids=["plugin step", "open_clip loop"])
+def test_a_run_with_fused_adamw_checkpoints_the_fused_optimizer(tiny_data, tmp_path, plain):
+    assert main(fused_argv(tiny_data, tmp_path, "--dive-fused-adamw", plain=plain)) == 0
+    assert ("loss: None" in (tmp_path / "fused" / "params.txt").read_text().splitlines()) == plain
     state = torch.load(tmp_path / "fused" / "checkpoints" / "epoch_1.pt", weights_only=False)["optimizer"]
     assert [g["fused"] for g in state["param_groups"]] == [True, True] and state["state"]
 
