@@ -74,6 +74,37 @@ def test_open_clip_text_transformer_and_vit_are_left_alone():
     assert model.visual.conv1.weight.is_contiguous()
 
 
+class OneBatch:
+    """A dataset stand-in for SuiteEvaluator.image_features: one batch of two images of the tower's size."""
+
+    num_samples = 2
+
+    def __init__(self, size):
+        self.size = size
+
+    def batches(self, preprocess, batch_size, workers, limit):
+        yield torch.randn(2, 3, self.size, self.size), torch.tensor([0, 1]), [None, None]
+
+
+def test_the_evaluator_gives_each_tower_inputs_in_its_own_layout(conv_hf_model):
+    """A channels-last tower gets channels-last inputs; a ViT gets them as they are, not a copy per batch."""
+    from open_clip_dive.evaluate.runner import EvalConfig, SuiteEvaluator
+
+    evaluator = SuiteEvaluator([], EvalConfig(progress=False))
+    conv = copy.deepcopy(conv_hf_model[0])
+    channels_last_image_tower(conv)
+    vit = open_clip.model.CLIP(**TINY_MODEL_CFG).eval()
+    for model, size, want_channels_last in ((conv, 32, True),
+                                            (vit, TINY_MODEL_CFG["vision_cfg"]["image_size"], False)):
+        seen, encode = [], model.encode_image
+        model.encode_image = lambda x, encode=encode: seen.append(x) or encode(x)
+        feats, labels, _ = evaluator.image_features(model, None, OneBatch(size))
+        assert feats.shape[0] == 2 and labels.tolist() == [0, 1]
+        (x,) = seen
+        assert x.is_contiguous(memory_format=torch.channels_last) == want_channels_last
+        assert x.is_contiguous() != want_channels_last
+
+
 def step_args(loss, classnames):
     return argparse.Namespace(**plugin_defaults() | dict(
         device="cpu", precision="fp32", distill=False, horovod=False, grad_clip_norm=None, local_loss=False,

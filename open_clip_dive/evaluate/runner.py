@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DiveUsageError
-from ..speed import cutting_tokenizer, text_padding_id
+from ..speed import channels_last, cutting_tokenizer, has_channels_last_images, text_padding_id
 from .datasets import PreparedDataset, prepare
 from .heads import HeadCache, zeroshot_logits
 from .metrics import classification_metrics, group_average, project_logits
@@ -86,9 +86,11 @@ class SuiteEvaluator:
                            total=-(-total // self.config.batch_size) if total else None)
         # a model trained in pure fp16/bf16 (open_clip --precision pure_*) wants inputs of its own dtype
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        # inputs follow the tower's layout: a copy per batch buys nothing for a contiguous ViT
+        layout = channels_last if has_channels_last_images(unwrap(model)) else (lambda x: x)
         for images, y, t in batches:
             with autocast():
-                images = images.to(self.config.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                images = layout(images.to(self.config.device, dtype=dtype))
                 f = model.encode_image(images)
             feats.append(F.normalize(f.float(), dim=-1).cpu())
             labels.append(y)
