@@ -25,12 +25,13 @@ from open_clip_dive.bench.runner import read_sittings  # noqa: E402
 from open_clip_dive.provenance import read_params  # noqa: E402
 
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d,\d\d:\d\d:\d\d) ")
-EVAL = re.compile(r"\[(id|zeroshot)\]: .*\(\d+ images, ([\d.]+) s\)")
+EVAL = re.compile(r"\| epoch_(\d+) \| .*\[(id|zeroshot)\]: .*\(\d+ images, ([\d.]+) s\)")
 
 
 def split_log(path):
-    """(seconds before the first step, training seconds, ID eval seconds, zero-shot eval seconds) of one run."""
-    times, ev = [], {"id": 0.0, "zeroshot": 0.0}
+    """(seconds before the first step, training seconds, ID eval seconds, zero-shot eval seconds, epochs whose
+    zero-shot dev sets were scored) of one run."""
+    times, ev, zs_epochs = [], {"id": 0.0, "zeroshot": 0.0}, set()
     start = None
     for line in open(path, errors="replace"):
         m = STAMP.match(line)
@@ -42,9 +43,11 @@ def split_log(path):
             start = t
         e = EVAL.search(line)
         if e:
-            ev[e.group(1)] += float(e.group(2))
+            ev[e.group(2)] += float(e.group(3))
+            if e.group(2) == "zeroshot":
+                zs_epochs.add(e.group(1))
     train = (times[-1] - start).total_seconds() - ev["id"] - ev["zeroshot"]
-    return (start - times[0]).total_seconds(), train, ev["id"], ev["zeroshot"]
+    return (start - times[0]).total_seconds(), train, ev["id"], ev["zeroshot"], len(zs_epochs)
 
 
 def trained_steps(p):
@@ -59,7 +62,8 @@ def main(argv=None):
     p.add_argument("--steps", required=True, help="the run length to estimate: N or N,TASK=N (as minibench's)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--zeroshot-every-epoch", action="store_true",
-                   help="the zero-shot dev sets after every epoch (the record's pipeline), not after the last only")
+                   help="the zero-shot dev sets after every epoch (the 80-step record's pipeline), not after the "
+                        "last only (whichever the record did, its logs say)")
     p.add_argument("--step-speedup", type=float, default=1.0,
                    help="training steps this many times faster than the record's (a code change measured side by "
                         "side, e.g. by benchmarks/speed_paths.py); evaluations keep the record's time")
@@ -73,9 +77,9 @@ def main(argv=None):
         job = seconds.get(f"{task}/{name}")
         if job is None:
             continue
-        before, train, ev_id, ev_zs = split_log(log)
+        before, train, ev_id, ev_zs, zs_epochs = split_log(log)
         other = job - train - ev_id - ev_zs  # process start-up, checkpoint save, the run's mark
-        zs = ev_zs if args.zeroshot_every_epoch else ev_zs / args.epochs
+        zs = ev_zs / max(zs_epochs, 1) * (args.epochs if args.zeroshot_every_epoch else 1)
         steps = per_task.get(task, every)
         recorded[task] = recorded.get(task, 0.0) + job
         ran = trained_steps(read_params(os.path.join(os.path.dirname(log), "params.txt")))
