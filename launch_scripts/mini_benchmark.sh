@@ -14,5 +14,6 @@ PY="${PYTHON:-$REPO/.venv/bin/python}"
 export HF_HUB_OFFLINE=1
 cd "$REPO"
 # two single-threaded runs side by side (--jobs 2 --threads 1): the runner sets OMP_NUM_THREADS per run
-# (runs and logs: $WORK_DIR, default docs/results/work/, git-ignored; sittings that share it reuse each other's runs)
+# (runs and logs: $WORK_DIR, default docs/results/work/, committed but for checkpoints; sittings that share it
+# reuse each other's runs)
 exec "$PY" -m open_clip_dive.minibench --output docs/results ${WORK_DIR:+--work-dir "$WORK_DIR"} --jobs 2 --threads 1 "$@"

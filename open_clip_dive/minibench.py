@@ -36,7 +36,7 @@ from .experiment import (Recipe, checkpoint_of, evaluate_command, linear_probe_c
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_CHUNK = 12  # fine-tuned runs per evaluation process (each also evaluates the pre-trained model once)
-DEFAULT_STEPS = "80"  # the committed docs/results/ was trained so
+DEFAULT_STEPS = "160,digits=320"  # the committed docs/results/ was trained so (docs/results/run_length.md: why)
 
 
 def parse_args(argv):
