@@ -361,6 +361,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     from .bench.page import write_page
+    from .default.model import weights_fingerprint
     from .quickstart import prepare
 
     start = time.time()
@@ -370,8 +371,9 @@ def run(args) -> int:
     for s in ([] if args.dry_run else fold_interrupted(work)):  # a killed sitting's time still counts
         print(f"[minibench] an earlier sitting started {s['started']} was interrupted after {s['ran']} job(s) "
               f"({s['wall_s'] / 60:.1f} min to its last finished job): counted as such", flush=True)
-    runner = Runner(work, jobs=args.jobs, threads=threads, only=args.only_sel, dry_run=args.dry_run, sitting=started)
     model_dir, layout = prepare(args.tiny)
+    runner = Runner(work, jobs=args.jobs, threads=threads, only=args.only_sel, dry_run=args.dry_run, sitting=started,
+                    build=weights_fingerprint(model_dir))
     bench = Bench(args, model_dir, layout, runner)
     bench.select()
     bench.seeds_and_tests()

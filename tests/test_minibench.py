@@ -125,6 +125,9 @@ def test_minibench_pipeline_shards_resumes_and_writes_the_page(env, tmp_path):
     page = (tmp_path / "res" / "README.md").read_text()
     assert "**Partial:**" not in page and "### Claims" in page and "DiVE beats FLYP out of distribution" in page
     assert "Which split chose what" in page and "ID val + zero-shot dev" in page
+    builds = {json.loads(x).get("model") for x in (tmp_path / "w" / "ledger.jsonl").read_text().splitlines()}
+    assert len(builds) == 1 and len(next(iter(builds)) or "") == 12  # every job notes the build it ran on
+    assert "jobs of the record ran on it" in page and run["model_build"] in builds
     assert {c["verdict"] for c in results["claims"]} <= {"holds", "does not hold", "cannot tell"}
     assert "validation" in run["criterion"]
     # the killed sitting's time counts (up to its last finished job), between the two that ended

@@ -9,7 +9,7 @@ import pytest
 from open_clip_dive.bench import methods as M
 from open_clip_dive.bench.claims import judge_claims
 from open_clip_dive.bench.collect import aggregate, borrow_se, norm_trace
-from open_clip_dive.bench.page import steps_note, outside_range_cells
+from open_clip_dive.bench.page import builds_note, steps_note, outside_range_cells
 from open_clip_dive.bench.plan import best_weight, extension, is_interior, parse_grid_overrides, parse_steps, seeds_of
 from open_clip_dive.bench.runner import Job, fold_interrupted, parse_only, read_sittings, selected
 from open_clip_dive.bench.stats import FAILS, HOLDS, UNSURE, frontier_gap, interpolate, judge, mean_se, pooled_sd
@@ -229,3 +229,23 @@ def test_a_killed_sitting_is_counted_up_to_its_last_finished_job(tmp_path):
         f.write(line(started="2026-12-01T12:00:00", wall_s=80.0, ran=0, dry_run=True)
                 + line(started="2026-12-01T13:00:00", wall_s=90.0, ran=0, dry_run=False))
     assert [s["wall_s"] for s in read_sittings(str(tmp_path))] == [600.0, 900.0]
+
+
+def test_the_page_names_the_pre_trained_builds_its_jobs_ran_on(tmp_path):
+    import hashlib
+
+    from open_clip_dive.default.model import weights_fingerprint
+
+    assert weights_fingerprint(str(tmp_path)) is None  # nothing built there
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"weights" * 1000)
+    assert weights_fingerprint(str(tmp_path)) == hashlib.sha256(b"weights" * 1000).hexdigest()[:12]
+
+    same = [{"job": j, "model": "aaaa"} for j in "xyz"]
+    assert builds_note(same, "aaaa").endswith("aaaa on this machine; all 3 jobs of the record ran on it.")
+    # a record continued on another CPU: both builds with their job counts, and the warning
+    mixed = same + [{"job": "w", "model": "bbbb"}, {"job": "v"}]  # v: a ledger line from before builds were kept
+    note = builds_note(mixed, "bbbb")
+    assert "aaaa (3 jobs), bbbb (1 job), not recorded (1 job," in note and "**The record mixes builds**" in note
+    # one build, not this machine's (the record was sat elsewhere): named, no warning
+    note = builds_note(same, "cccc")
+    assert "cccc on this machine; the record's jobs: aaaa (3 jobs)." in note and "mixes" not in note

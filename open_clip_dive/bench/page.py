@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import platform
+from collections import Counter
 
 from . import methods as M
 from .claims import PARITY, judge_claims
@@ -19,7 +20,8 @@ from .stats import fmt, judge, mean_se
 # analysis.md is written by hand after a run (the generator never writes it): what the numbers mean, what was
 # tried where a claim fails
 ANALYSIS_LINK = ("**Reading of these numbers, and what was tried where a claim does not hold:** "
-                 "[analysis.md](analysis.md) (by hand; every number there is from this page).")
+                 "[analysis.md](analysis.md) (by hand; its numbers are this page's, except probes it names as run "
+                 "outside the record).")
 
 
 def _row_label(row, config):
@@ -241,6 +243,27 @@ def _interrupted_note(sittings):
     return f" ({n} of them killed and resumed: counted up to their last finished job)" if n else ""
 
 
+def _jobs(n):
+    return f"{n} job{'' if n == 1 else 's'}"
+
+
+def builds_note(ledger, current):
+    """Which builds of the pre-trained model the record's jobs ran on (their ledger lines), against this machine's.
+    Builds on two CPUs can differ in the last float bits; a record that mixes them says so."""
+    counts = Counter(j.get("model") for j in ledger)
+    named = sorted(((n, b) for b, n in counts.items() if b), reverse=True)
+    line = f"Pre-trained model build (sha256 of its weights, 12 hex digits): {current or 'unknown'} on this machine"
+    if not ledger:
+        return line + "."
+    if [b for _, b in named] == [current] and None not in counts:
+        return line + f"; all {len(ledger)} jobs of the record ran on it."
+    parts = [f"{b} ({_jobs(n)})" for n, b in named] + (
+        [f"not recorded ({_jobs(counts[None])}, run before jobs noted their build)"] if None in counts else [])
+    mixed = (" **The record mixes builds**: builds on different CPUs differ in the last float bits, an effect of "
+             "the size of seed noise; a paired comparison across them is not exact.") if len(named) > 1 else ""
+    return line + "; the record's jobs: " + ", ".join(parts) + "." + mixed
+
+
 def write_page(bench, args):
     import open_clip
     import torch
@@ -261,7 +284,8 @@ def write_page(bench, args):
                                   for m, e in r["selection"].items()} for t, r in results.items()},
                 "best_baseline": {t: r["best_baseline"] for t, r in results.items()},
                 "seeds": {t: r["seeds"] for t, r in results.items()}, "wall_seconds": round(wall),
-                "sittings": sittings, "job_seconds": sum(j["seconds"] for j in ledger), "versions": versions}
+                "sittings": sittings, "job_seconds": sum(j["seconds"] for j in ledger), "versions": versions,
+                "model_build": bench.runner.build}
     with open(os.path.join(out, "run.json"), "w") as f:
         json.dump(run_info, f, indent=1, default=str)
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -314,7 +338,8 @@ def write_page(bench, args):
               f"Job time {sum(j['seconds'] for j in ledger) / 60:.1f} min over {len(ledger)} jobs, {args.jobs} at a "
               f"time: {wall / 60:.1f} min wall-clock. Niced or shared-machine sittings read slower than an idle one.",
               ""]
-    parts += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+    parts += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items()), "",
+              builds_note(ledger, bench.runner.build), ""]
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write("\n".join(parts))
     return results

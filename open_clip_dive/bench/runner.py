@@ -96,9 +96,10 @@ def read_sittings(work: str) -> List[dict]:
 
 class Runner:
     def __init__(self, work: str, jobs: int = 1, threads: int = 1, only: Optional[Dict[str, Set[str]]] = None,
-                 dry_run: bool = False, log=print, sitting: Optional[str] = None):
+                 dry_run: bool = False, log=print, sitting: Optional[str] = None, build: Optional[str] = None):
         self.work, self.jobs, self.threads, self.only, self.dry_run = work, jobs, threads, only or {}, dry_run
         self.sitting = sitting  # this sitting's start time: its ledger lines carry it (see fold_interrupted)
+        self.build = build  # the pre-trained model's weights fingerprint: its ledger lines carry it (the page)
         self.commands: List[str] = []  # every command of the plan, in order, run or reused (commands.sh)
         self.ran: List[str] = []  # jobs run by this process
         self.skipped: List[str] = []  # jobs left out by --only (or waiting on one)
@@ -126,7 +127,8 @@ class Runner:
         seconds = time.time() - start
         with open(self.ledger, "a") as f:
             f.write(json.dumps({"job": job.name, "seconds": round(seconds, 1), "threads": self.threads,
-                                "jobs": self.jobs, "finished": time.strftime(TIME_FORMAT), "sitting": self.sitting})
+                                "jobs": self.jobs, "finished": time.strftime(TIME_FORMAT), "sitting": self.sitting,
+                                "model": self.build})
                     + "\n")
         return seconds
 

@@ -23,6 +23,7 @@ package versions; a directory built by another recipe is rebuilt.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -224,6 +225,19 @@ def save_local_dir(model, out_dir: str, final_dir: str, recipe: dict) -> None:
                   f, indent=2)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(out_dir, "open_clip_model.safetensors"))
+
+
+def weights_fingerprint(model_dir: str) -> Optional[str]:
+    """The first 12 hex digits of the sha256 of the built weights file (None if there is none). Builds on two CPUs
+    can differ in the last float bits (docs/results/analysis.md), so a record notes the build each job ran on."""
+    path = os.path.join(model_dir, "open_clip_model.safetensors")
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def relocate(model_dir: str) -> bool:
