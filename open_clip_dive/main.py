@@ -28,6 +28,13 @@ def _one_line(error: BaseException) -> str:
     return last.split("DiveUsageError: ", 1)[-1]
 
 
+def _error(message: str) -> None:
+    """One line on stderr in one write: under `python -u` (srun's usual launch) print() writes the text and its
+    newline separately, and another rank's error line could land between the two."""
+    sys.stderr.write(f"open_clip_dive: error: {message}\n")
+    sys.stderr.flush()
+
+
 def main(argv=None) -> int:
     from . import install
 
@@ -39,17 +46,17 @@ def main(argv=None) -> int:
     try:
         result = oc_main.main(sys.argv[1:] if argv is None else list(argv))
     except DiveUsageError as e:
-        print(f"open_clip_dive: error: {_one_line(e)}", file=sys.stderr)
+        _error(_one_line(e))
         return EXIT_USAGE
     except DiveRunError as e:
-        print(f"open_clip_dive: error: {e}", file=sys.stderr)
+        _error(str(e))
         return 1
     except Preempted as p:
         logging.info(f"{p}; exiting with status {EXIT_PREEMPTED} so the scheduler requeues the job.")
         return EXIT_PREEMPTED
     except Exception as e:
         if "DiveUsageError" in str(e):  # re-raised from a DataLoader worker under another type
-            print(f"open_clip_dive: error: {_one_line(e)}", file=sys.stderr)
+            _error(_one_line(e))
             return EXIT_USAGE
         raise
     finally:

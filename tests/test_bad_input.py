@@ -277,3 +277,28 @@ def test_shards_that_do_not_split_over_the_ranks_are_refused_before_the_model_is
     assert line == ("open_clip_dive: error: --train-data: 3 shards do not split evenly over 2 ranks; reshard to a "
                     "multiple of the world size or use resampling (--dataset-resampled)")
     assert not (tmp_path / "bad").exists()  # before open_clip made the run folder, let alone the model
+
+
+class _Writes:
+    """A stderr that keeps each write() apart, as an unbuffered stream (`python -u`, PYTHONUNBUFFERED) does."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def write(self, text):
+        self.chunks.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_the_error_line_is_one_write_so_ranks_cannot_interleave(tiny_data, tmp_path, monkeypatch):
+    # two ranks stopping together once printed 'open_clip_dive: error: <rank 0>open_clip_dive: error: <rank 1>'
+    # on one line: print() wrote each message and its newline separately to the shared, unbuffered stderr
+    stderr = _Writes()
+    monkeypatch.setattr("sys.stderr", stderr)
+    assert main(["--loss", "dvie", "--train-data", tiny_data["id"], "--logs", str(tmp_path), "--report-to", "none"]) == 2
+    lines = [c for c in stderr.chunks if "open_clip_dive: error:" in c]
+    assert len(lines) == 1 and lines[0].startswith("open_clip_dive: error: --loss: unknown loss 'dvie'")
+    assert lines[0].endswith("\n") and lines[0].count("\n") == 1
